@@ -1,0 +1,63 @@
+"""Render Mosquitto's ACL file from the identity registry and the topic layout.
+
+Explicit ``user`` blocks (not ``pattern`` lines): Mosquitto applies patterns
+to *every* user, which would let the read-only ``monitor`` publish under a
+device-shaped topic of its own name. With one block per identity, anything
+not granted here is denied.
+"""
+
+from __future__ import annotations
+
+from broker.identities import Identity, Role
+from contract.topics import Channel, Topics
+
+DEVICE_WRITES = (Channel.RESULT, Channel.FRAME, Channel.STATUS, Channel.STATS, Channel.COMMAND_REPLY)
+
+
+def device_rules(topics: Topics, device_id: str) -> list[str]:
+    rules = [f"topic write {topics.device(device_id, channel)}" for channel in DEVICE_WRITES]
+    rules += [
+        f"topic read {topics.command(device_id)}",
+        f"topic read {topics.prefix}/devices/{device_id}/model/#",
+        f"topic read {topics.prefix}/models/#",
+    ]
+    return rules
+
+
+def service_rules(topics: Topics, role: Role) -> list[str]:
+    devices = f"{topics.prefix}/devices"
+    models = f"{topics.prefix}/models/#"
+    if role is Role.INGEST:
+        return [f"topic read {devices}/#", f"topic read {models}"]
+    if role is Role.WEBUI:
+        return [f"topic read {devices}/#", f"topic read {models}", f"topic write {topics.all_devices(Channel.COMMAND)}"]
+    if role is Role.RETRAIN:
+        return [
+            f"topic readwrite {models}",
+            f"topic write {devices}/+/model/#",
+            f"topic read {topics.all_devices(Channel.STATUS)}",
+            f"topic read {topics.all_devices(Channel.STATS)}",
+        ]
+    if role is Role.MONITOR:
+        return [f"topic read {topics.prefix}/#", "topic read $SYS/#"]
+    raise ValueError(f"no rules for role {role}")
+
+
+def rules_for(topics: Topics, name: str, identity: Identity) -> list[str]:
+    if identity.role is Role.DEVICE:
+        return device_rules(topics, name)
+    return service_rules(topics, identity.role)
+
+
+def render_acl(topics: Topics, identities: dict[str, Identity]) -> str:
+    lines = [
+        "# Rendered by `emq-broker render` from the identity registry; do not edit by hand.",
+        "# Anything not granted below is denied.",
+        "",
+    ]
+    for name, identity in sorted(identities.items()):
+        lines.append(f"# {identity.role.value}")
+        lines.append(f"user {name}")
+        lines += rules_for(topics, name, identity)
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,381 @@
+"""The project's only door to paho-mqtt (2.x API, MQTT 5, TLS).
+
+Everything else talks MQTT through :class:`MqttClient`, which gives:
+
+* TLS from :class:`~comms.settings.MqttSettings` (minimum version, client
+  certificate, hostname check), or username/password;
+* automatic reconnection with exponential backoff, including when the very
+  first connection fails (``connect_async`` + ``loop_start``);
+* availability: a retained ``offline`` will, retained ``online`` on every
+  (re)connect, retained ``stopped`` on a clean stop;
+* :class:`Delivery` handles that complete when the broker has *acknowledged*
+  a publish (``on_publish``), which is what an outbox needs: paho's own
+  ``wait_for_publish`` raises for messages queued while offline;
+* subscriptions routed to handlers by topic filter, restored on reconnect;
+* optional manual acknowledgement, so a consumer can ack only after its write
+  has committed.
+
+Handlers run on paho's network thread: keep them short (hand work to a
+queue) and never block in them.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from comms.settings import MqttSettings
+from contract.messages import STATUS_OFFLINE, STATUS_ONLINE, STATUS_STOPPED
+
+log = logging.getLogger(__name__)
+
+_TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+class MqttError(RuntimeError):
+    """A publish or subscribe the client could not even queue."""
+
+
+@dataclass(frozen=True)
+class Message:
+    """An incoming message, free of paho types."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    mid: int
+    user_properties: tuple[tuple[str, str], ...] = ()
+    content_type: str | None = None
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+
+
+Handler = Callable[[Message], None]
+
+
+@dataclass
+class Delivery:
+    """Completes when the broker has acknowledged a publish (QoS 1) or it was written (QoS 0)."""
+
+    mid: int
+    qos: int
+    _done: threading.Event = field(default_factory=threading.Event, repr=False)
+    reason: str | None = None
+
+    def wait(self, timeout: float) -> bool:
+        """True once acknowledged; False on timeout. Always give a timeout."""
+        return self._done.wait(timeout)
+
+    @property
+    def acknowledged(self) -> bool:
+        return self._done.is_set() and self.reason is None
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def _complete(self, reason: str | None) -> None:
+        self.reason = reason
+        self._done.set()
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Where this client announces itself; None to not announce."""
+
+    topic: str
+    online: str = STATUS_ONLINE
+    offline: str = STATUS_OFFLINE
+    stopped: str = STATUS_STOPPED
+
+
+def build_tls_context(settings: MqttSettings) -> ssl.SSLContext:
+    """A client TLS context: verify the broker against our CA, present our certificate."""
+    assert settings.tls is not None
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(settings.tls.ca_file))
+    context.minimum_version = _TLS_VERSIONS[settings.tls.min_version]
+    if settings.tls.cert_file is not None:
+        context.load_cert_chain(str(settings.tls.cert_file), str(settings.tls.key_file))
+    return context
+
+
+def _user_properties(properties: Properties | None) -> tuple[tuple[str, str], ...]:
+    pairs = getattr(properties, "UserProperty", None) or []
+    return tuple((str(key), str(value)) for key, value in pairs)
+
+
+def _publish_properties(
+    user_properties: list[tuple[str, str]] | None,
+    content_type: str | None,
+    expiry_s: int | None,
+    response_topic: str | None,
+) -> Properties | None:
+    if not (user_properties or content_type or expiry_s or response_topic):
+        return None
+    properties = Properties(PacketTypes.PUBLISH)
+    if user_properties:
+        properties.UserProperty = list(user_properties)
+    if content_type:
+        properties.ContentType = content_type
+    if expiry_s:
+        properties.MessageExpiryInterval = int(expiry_s)
+    if response_topic:
+        properties.ResponseTopic = response_topic
+    return properties
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """MQTT wildcard matching (``+`` and ``#``); shared subscriptions are matched on their filter."""
+    if topic_filter.startswith("$share/"):
+        topic_filter = topic_filter.split("/", 2)[2]
+    return paho.topic_matches_sub(topic_filter, topic)
+
+
+class MqttClient:
+    """A long-lived MQTT 5 connection with reconnect, availability and acked publishes.
+
+    # Arguments
+        settings: connection settings (host, TLS, session).
+        availability: where to announce online/offline/stopped, or None.
+        manual_ack: if True, QoS 1 messages are acknowledged only when the
+            consumer calls :meth:`ack`; unacknowledged ones are redelivered
+            after a reconnect (needs a persistent session).
+        on_connection_change: called with (connected, reason) on every change.
+    """
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        *,
+        availability: Availability | None = None,
+        manual_ack: bool = False,
+        on_connection_change: Callable[[bool, str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.availability = availability
+        self._on_connection_change = on_connection_change
+        self._handlers: list[tuple[str, int, Handler]] = []
+        self._deliveries: dict[int, Delivery] = {}
+        self._early_acks: dict[int, str | None] = {}
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self._stopping = False
+        self._refused = False
+        self.last_error: str | None = None
+        self.connect_count = 0
+        self._client = self._build_client(manual_ack)
+
+    # -- construction -----------------------------------------------------
+    def _build_client(self, manual_ack: bool) -> paho.Client:
+        settings = self.settings
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=settings.client_id or "",
+            protocol=paho.MQTTv5,
+            manual_ack=manual_ack,
+        )
+        client.enable_logger(logging.getLogger("paho"))
+        if settings.tls is not None:
+            client.tls_set_context(build_tls_context(settings))
+        if settings.username:
+            client.username_pw_set(settings.username, settings.resolved_password())
+        client.reconnect_delay_set(settings.reconnect_min_delay_s, settings.reconnect_max_delay_s)
+        client.max_inflight_messages_set(settings.max_inflight)
+        if self.availability is not None:
+            client.will_set(self.availability.topic, self.availability.offline, qos=1, retain=True)
+        client.on_connect = self._handle_connect
+        client.on_connect_fail = self._handle_connect_fail
+        client.on_disconnect = self._handle_disconnect
+        client.on_message = self._handle_message
+        client.on_publish = self._handle_publish
+        client.on_socket_open = self._handle_socket_open
+        return client
+
+    def _connect_properties(self) -> Properties | None:
+        if not self.settings.session_expiry_s:
+            return None
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = self.settings.session_expiry_s
+        return properties
+
+    # -- lifecycle ------------------------------------------------------------
+    def start(self) -> "MqttClient":
+        """Begin connecting in the background; returns at once. Pair with :meth:`stop`."""
+        self._client.connect_async(
+            self.settings.host,
+            self.settings.port,
+            keepalive=self.settings.keepalive_s,
+            clean_start=self.settings.clean_start,
+            properties=self._connect_properties(),
+        )
+        self._client.loop_start()
+        return self
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def stop(self, *, announce_stopped: bool = True, timeout: float = 5.0) -> None:
+        """Clean shutdown: announce ``stopped`` (so no will fires), disconnect, end the loop."""
+        self._stopping = True
+        if self.availability is not None and announce_stopped and self.connected:
+            delivery = self.publish(self.availability.topic, self.availability.stopped, qos=1, retain=True)
+            if not delivery.wait(timeout):
+                log.warning("broker did not acknowledge the 'stopped' status within %.1f s", timeout)
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._connected.clear()
+
+    def __enter__(self) -> "MqttClient":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    # -- publish --------------------------------------------------------------
+    def publish(
+        self,
+        topic: str,
+        payload: bytes | str,
+        *,
+        qos: int = 0,
+        retain: bool = False,
+        user_properties: list[tuple[str, str]] | None = None,
+        content_type: str | None = None,
+        expiry_s: int | None = None,
+        response_topic: str | None = None,
+    ) -> Delivery:
+        """Queue a publish and return a handle that completes on the broker's ack.
+
+        QoS 1 messages published while offline stay in paho's memory queue and
+        go out after reconnecting; the handle completes then. QoS 0 messages
+        published while offline are dropped by paho (frames are live data).
+        """
+        properties = _publish_properties(user_properties, content_type, expiry_s, response_topic)
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            raise MqttError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
+        delivery = Delivery(mid=info.mid, qos=qos)
+        if qos == 0 and info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+            delivery._complete("not connected; QoS 0 message dropped")
+            return delivery
+        self._track(delivery)
+        return delivery
+
+    def _track(self, delivery: Delivery) -> None:
+        # on_publish can fire on the network thread before publish() returned
+        # here; such acks wait in _early_acks until we see the mid.
+        with self._lock:
+            if delivery.mid in self._early_acks:
+                reason = self._early_acks.pop(delivery.mid)
+            else:
+                self._deliveries[delivery.mid] = delivery
+                return
+        delivery._complete(reason)
+
+    # -- subscribe ------------------------------------------------------------
+    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
+        """Route messages matching ``topic_filter`` to ``handler``; kept across reconnects."""
+        self._handlers.append((topic_filter, qos, handler))
+        if self.connected:
+            self._client.subscribe(topic_filter, qos=qos)
+
+    def ack(self, message: Message) -> None:
+        """Acknowledge a message received with ``manual_ack=True`` (after the write committed)."""
+        if message.qos > 0:
+            self._client.ack(message.mid, message.qos)
+
+    # -- paho callbacks (network thread) --------------------------------------
+    def _handle_socket_open(self, client, userdata, sock) -> None:
+        if self.settings.tcp_nodelay:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError as error:  # e.g. a unix or websocket transport
+                log.debug("TCP_NODELAY not set: %s", error)
+
+    def _handle_connect(self, client, userdata, flags, reason_code: ReasonCode, properties) -> None:
+        if reason_code.is_failure:
+            # The broker answered but refused us (bad credentials, not authorised):
+            # we are *not* connected, whatever the socket says.
+            self._refused = True
+            self.last_error = f"broker refused the connection: {reason_code}"
+            log.error("%s (client id %s)", self.last_error, self.settings.client_id)
+            return
+        self.connect_count += 1
+        self.last_error = None
+        self._refused = False
+        for topic_filter, qos, _handler in self._handlers:
+            client.subscribe(topic_filter, qos=qos)
+        if self.availability is not None:
+            # Through self.publish so its ack is tracked like any other.
+            self.publish(self.availability.topic, self.availability.online, qos=1, retain=True)
+        self._connected.set()
+        log.info("connected to %s:%s (session present: %s)", self.settings.host, self.settings.port, flags.session_present)
+        self._notify(True, "connected")
+
+    def _handle_connect_fail(self, client, userdata) -> None:
+        self.last_error = f"cannot connect to {self.settings.host}:{self.settings.port}"
+        log.warning("%s; retrying with backoff", self.last_error)
+
+    def _handle_disconnect(self, client, userdata, flags, reason_code: ReasonCode, properties) -> None:
+        was_connected = self._connected.is_set()
+        self._connected.clear()
+        if not was_connected and not self._stopping and not self._refused:
+            # Dropped before a CONNACK: typically the broker rejected our certificate.
+            self.last_error = f"connection closed during handshake ({reason_code}); check certificate and CA"
+        if not self._stopping:
+            log.warning("disconnected from broker (%s); reconnecting", reason_code)
+        if was_connected:
+            self._notify(False, str(reason_code))
+
+    def _handle_message(self, client, userdata, message: paho.MQTTMessage) -> None:
+        properties = getattr(message, "properties", None)
+        incoming = Message(
+            topic=message.topic,
+            payload=message.payload,
+            qos=message.qos,
+            retain=bool(message.retain),
+            mid=message.mid,
+            user_properties=_user_properties(properties),
+            content_type=getattr(properties, "ContentType", None),
+            response_topic=getattr(properties, "ResponseTopic", None),
+            correlation_data=getattr(properties, "CorrelationData", None),
+        )
+        for topic_filter, _qos, handler in self._handlers:
+            if topic_matches(topic_filter, message.topic):
+                try:
+                    handler(incoming)
+                except Exception:  # a handler bug must not kill the network thread
+                    log.exception("handler for %s failed on %s", topic_filter, message.topic)
+                return
+        log.debug("no handler for %s", message.topic)
+
+    def _handle_publish(self, client, userdata, mid: int, reason_code: ReasonCode, properties) -> None:
+        reason = None if not reason_code.is_failure else f"broker rejected publish: {reason_code}"
+        with self._lock:
+            delivery = self._deliveries.pop(mid, None)
+            if delivery is None:
+                self._early_acks[mid] = reason
+                return
+        delivery._complete(reason)
+
+    def _notify(self, connected: bool, reason: str) -> None:
+        if self._on_connection_change is not None:
+            try:
+                self._on_connection_change(connected, reason)
+            except Exception:
+                log.exception("connection-change callback failed")

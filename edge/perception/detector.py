@@ -1,0 +1,175 @@
+"""Face detection with OpenCV's Haar cascade, made cheap for video.
+
+Two ideas keep the cost low on a small CPU:
+
+* detection runs on a downscaled grey frame (``detect_scale``), and boxes are
+  mapped back to full-resolution pixels;
+* between whole-frame detections, only a region around each tracked face is
+  searched, and only for face sizes close to the tracked size. A face moves
+  little between two frames, so a tiny image and a handful of pyramid scales
+  suffice, instead of every scale over the whole frame.
+
+A whole-frame detection still runs every ``full_detect_every_n`` frames (to
+pick up new faces), when nothing is tracked, and right after a tracked face
+was lost in its region.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from edge.perception.boxes import (
+    Box,
+    clip_box,
+    expand_box,
+    offset_box,
+    remove_duplicates,
+    scale_box,
+    to_box,
+)
+from edge.perception.settings import DetectionSettings
+
+DEFAULT_CASCADE_FILE = "haarcascade_frontalface_default.xml"
+
+
+class DetectorError(RuntimeError):
+    """The cascade could not be loaded."""
+
+
+def default_cascade_path() -> str:
+    """Path of the frontal-face cascade bundled with opencv-python."""
+    return cv2.data.haarcascades + DEFAULT_CASCADE_FILE
+
+
+def load_cascade(path: str | None) -> cv2.CascadeClassifier:
+    """Load a Haar cascade, failing loudly: an empty classifier would silently find nothing."""
+    cascade_path = path or default_cascade_path()
+    cascade = cv2.CascadeClassifier(cascade_path)
+    if cascade.empty():
+        raise DetectorError(f"cannot load Haar cascade {cascade_path!r}")
+    return cascade
+
+
+def to_gray(frame_bgr: np.ndarray) -> np.ndarray:
+    """Grey version of a BGR (or already grey) frame."""
+    if frame_bgr.ndim == 2:
+        return frame_bgr
+    if frame_bgr.shape[2] == 4:
+        return cv2.cvtColor(frame_bgr, cv2.COLOR_BGRA2GRAY)
+    return cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY)
+
+
+def downscale(gray: np.ndarray, factor: float) -> np.ndarray:
+    """Shrink by ``factor``; INTER_AREA averages pixels, so no aliasing artefacts for the cascade."""
+    if factor == 1.0:
+        return gray
+    height, width = gray.shape[:2]
+    size = (max(int(round(width * factor)), 1), max(int(round(height * factor)), 1))
+    return cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+
+
+class FaceDetector:
+    """Haar face detector with whole-frame and local (region-of-interest) search.
+
+    ``detect`` chooses between the two and keeps the frame count needed to
+    schedule whole-frame detections; ``detect_full`` and ``detect_in_regions``
+    are the two searches on their own.
+    """
+
+    def __init__(self, settings: DetectionSettings | None = None) -> None:
+        self.settings = settings or DetectionSettings()
+        self._cascade = load_cascade(self.settings.cascade_path)
+        self._window_size = int(min(self._cascade.getOriginalWindowSize())) or 24
+        self._frames_since_full_detection: int | None = None
+        self.last_search_was_full = False
+
+    def reset(self) -> None:
+        """Forget the schedule (new video source): the next frame gets a whole-frame detection."""
+        self._frames_since_full_detection = None
+        self.last_search_was_full = False
+
+    def detect(self, gray: np.ndarray, tracked_boxes: Sequence[Box] = (), track_lost: bool = False) -> list[Box]:
+        """Faces in a grey frame, as full-resolution boxes.
+
+        ``tracked_boxes`` are the boxes of faces currently tracked (full
+        resolution); ``track_lost`` says one of them was not found in the
+        previous frame, which forces a whole-frame detection.
+        """
+        if self._needs_full_detection(tracked_boxes, track_lost):
+            self._frames_since_full_detection = 0
+            self.last_search_was_full = True
+            return self.detect_full(gray)
+        assert self._frames_since_full_detection is not None
+        self._frames_since_full_detection += 1
+        self.last_search_was_full = False
+        return self.detect_in_regions(gray, tracked_boxes)
+
+    def _needs_full_detection(self, tracked_boxes: Sequence[Box], track_lost: bool) -> bool:
+        if self._frames_since_full_detection is None or not tracked_boxes or track_lost:
+            return True
+        return self._frames_since_full_detection + 1 >= self.settings.full_detect_every_n
+
+    def detect_full(self, gray: np.ndarray) -> list[Box]:
+        """Search the whole frame at every allowed face size."""
+        image = self._detection_image(gray)
+        scale = self.settings.detect_scale
+        min_side = self._scaled_min_side()
+        max_side = self._scaled_max_side(max(image.shape[:2]))
+        boxes = self._run_cascade(image, min_side, max_side)
+        return [scale_box(box, 1.0 / scale) for box in boxes]
+
+    def detect_in_regions(self, gray: np.ndarray, tracked_boxes: Sequence[Box]) -> list[Box]:
+        """Search only around each tracked face, only for sizes close to the tracked size."""
+        image = self._detection_image(gray)
+        scale = self.settings.detect_scale
+        found: list[Box] = []
+        for tracked_box in tracked_boxes:
+            found.extend(self._search_around(image, scale_box(tracked_box, scale)))
+        unique = remove_duplicates(found)
+        return [scale_box(box, 1.0 / scale) for box in unique]
+
+    def _search_around(self, image: np.ndarray, face: Box) -> list[Box]:
+        """Detections (detection-image pixels) in the region around one tracked face."""
+        image_height, image_width = image.shape[:2]
+        region = clip_box(expand_box(face, self.settings.roi_margin), image_width, image_height)
+        if region is None:
+            return []
+        tolerance = self.settings.roi_size_tolerance
+        tracked_side = max(face[2], face[3])
+        min_side = max(int(tracked_side * (1.0 - tolerance)), self._scaled_min_side())
+        max_side = min(int(np.ceil(tracked_side * (1.0 + tolerance))), self._scaled_max_side(tracked_side * 2))
+        region_x, region_y, region_width, region_height = region
+        if min(region_width, region_height) < min_side or max_side < min_side:
+            return []
+        sub_image = image[region_y : region_y + region_height, region_x : region_x + region_width]
+        return [offset_box(box, region_x, region_y) for box in self._run_cascade(sub_image, min_side, max_side)]
+
+    def _run_cascade(self, image: np.ndarray, min_side: int, max_side: int) -> list[Box]:
+        detections = self._cascade.detectMultiScale(
+            image,
+            scaleFactor=self.settings.scale_factor,
+            minNeighbors=self.settings.min_neighbors,
+            minSize=(min_side, min_side),
+            maxSize=(max_side, max_side),
+        )
+        return [to_box(row) for row in detections]
+
+    def _detection_image(self, gray: np.ndarray) -> np.ndarray:
+        image = downscale(gray, self.settings.detect_scale)
+        if self.settings.equalize_hist:
+            # Equalise the whole frame, not each region, so both searches see the same pixels.
+            image = cv2.equalizeHist(image)
+        return image
+
+    def _scaled_min_side(self) -> int:
+        scaled = int(round(self.settings.min_face_size * self.settings.detect_scale))
+        return max(scaled, self._window_size)
+
+    def _scaled_max_side(self, upper_bound: float) -> int:
+        if self.settings.max_face_size is None:
+            return int(np.ceil(upper_bound))
+        scaled = int(np.ceil(self.settings.max_face_size * self.settings.detect_scale))
+        return max(min(scaled, int(np.ceil(upper_bound))), self._window_size)

