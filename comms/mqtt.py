@@ -39,6 +39,8 @@ from contract.messages import STATUS_OFFLINE, STATUS_ONLINE, STATUS_STOPPED
 
 log = logging.getLogger(__name__)
 
+# Fixed header, topic length, packet id and properties of a PUBLISH, generously.
+_PACKET_OVERHEAD_BYTES = 1024
 _TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
@@ -172,6 +174,7 @@ class MqttClient:
         self._connected = threading.Event()
         self._stopping = False
         self._refused = False
+        self._server_max_packet: int | None = None
         self.last_error: str | None = None
         self.connect_count = 0
         self._client = self._build_client(manual_ack)
@@ -199,6 +202,7 @@ class MqttClient:
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
         client.on_publish = self._handle_publish
+        client.on_subscribe = self._handle_subscribe
         client.on_socket_open = self._handle_socket_open
         return client
 
@@ -265,6 +269,7 @@ class MqttClient:
         go out after reconnecting; the handle completes then. QoS 0 messages
         published while offline are dropped by paho (frames are live data).
         """
+        self._check_size(topic, payload)
         properties = _publish_properties(user_properties, content_type, expiry_s, response_topic)
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
@@ -275,6 +280,14 @@ class MqttClient:
             return delivery
         self._track(delivery)
         return delivery
+
+    def _check_size(self, topic: str, payload: bytes | str) -> None:
+        # A packet over the broker's limit gets the connection dropped, and paho
+        # would resend it after every reconnect: refuse it here instead.
+        size = len(payload) + len(topic.encode()) + _PACKET_OVERHEAD_BYTES
+        limit = min(self.settings.max_packet_bytes, self._server_max_packet or self.settings.max_packet_bytes)
+        if size > limit:
+            raise MqttError(f"publish to {topic} refused: {size} bytes exceed the broker's packet limit of {limit}")
 
     def _track(self, delivery: Delivery) -> None:
         # on_publish can fire on the network thread before publish() returned
@@ -288,11 +301,21 @@ class MqttClient:
         delivery._complete(reason)
 
     # -- subscribe ------------------------------------------------------------
-    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
-        """Route messages matching ``topic_filter`` to ``handler``; kept across reconnects."""
+    def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> Delivery | None:
+        """Route messages matching ``topic_filter`` to ``handler``; kept across reconnects.
+
+        When connected, returns a handle that completes on the SUBACK (wait on it
+        before relying on the subscription); otherwise it is made on connect.
+        """
         self._handlers.append((topic_filter, qos, handler))
-        if self.connected:
-            self._client.subscribe(topic_filter, qos=qos)
+        if not self.connected:
+            return None
+        result, mid = self._client.subscribe(topic_filter, qos=qos)
+        if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return None  # lost the connection meanwhile: on_connect subscribes again
+        delivery = Delivery(mid=mid, qos=qos)
+        self._track(delivery)
+        return delivery
 
     def ack(self, message: Message) -> None:
         """Acknowledge a message received with ``manual_ack=True`` (after the write committed)."""
@@ -316,6 +339,7 @@ class MqttClient:
             log.error("%s (client id %s)", self.last_error, self.settings.client_id)
             return
         self.connect_count += 1
+        self._server_max_packet = getattr(properties, "MaximumPacketSize", None)
         self.last_error = None
         self._refused = False
         for topic_filter, qos, _handler in self._handlers:
@@ -366,6 +390,14 @@ class MqttClient:
 
     def _handle_publish(self, client, userdata, mid: int, reason_code: ReasonCode, properties) -> None:
         reason = None if not reason_code.is_failure else f"broker rejected publish: {reason_code}"
+        self._complete(mid, reason)
+
+    def _handle_subscribe(self, client, userdata, mid: int, reason_codes: list[ReasonCode], properties) -> None:
+        failures = [str(code) for code in reason_codes if code.is_failure]
+        self._complete(mid, f"broker refused subscription: {', '.join(failures)}" if failures else None)
+
+    def _complete(self, mid: int, reason: str | None) -> None:
+        # Publishes and subscriptions share paho's mid counter, so one map serves both.
         with self._lock:
             delivery = self._deliveries.pop(mid, None)
             if delivery is None:

@@ -45,6 +45,9 @@ class MqttSettings(StrictSettings):
     clean_start: bool = Field(default=True, description="False + session_expiry_s > 0 keeps subscriptions and queued QoS 1 messages across disconnects.")
     session_expiry_s: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
     max_inflight: Annotated[int, Field(ge=1, le=65535)] = Field(default=100, description="QoS 1 messages in flight before paho queues.")
+    max_packet_bytes: Annotated[int, Field(ge=1024)] = Field(
+        default=5 * 1024 * 1024, description="Largest packet to send; the broker's own limit (from CONNACK) applies too."
+    )
     tcp_nodelay: bool = Field(default=True, description="Disable Nagle: it adds ~10 ms to every frame over TLS.")
 
     @model_validator(mode="after")

@@ -86,11 +86,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{path} ({path.stat().st_size} bytes), {arguments.threads} thread(s)")
     for batch_size in arguments.batch_sizes:
         result = measure_latency(model, batch_size, repeats=arguments.repeats)
-        print(f"batch {batch_size:>3}: {result.per_face_ms:.3f} ms/face "
-              f"(call median {result.median_call_ms:.3f} ms, p90 {result.p90_call_ms:.3f} ms)")  # fmt: skip
+        print(
+            f"batch {batch_size:>3}: {result.per_face_ms:.3f} ms/face "
+            f"(call median {result.median_call_ms:.3f} ms, p90 {result.p90_call_ms:.3f} ms)"
+        )
     memory = process_memory_bytes()
-    print(f"process RSS {memory['rss'] / 2**20:.1f} MiB (peak {memory['peak_rss'] / 2**20:.1f} MiB); "
-          f"tensorflow imported: {'tensorflow' in sys.modules}")  # fmt: skip
+    print(
+        f"process RSS {memory['rss'] / 2**20:.1f} MiB (peak {memory['peak_rss'] / 2**20:.1f} MiB); "
+        f"tensorflow imported: {'tensorflow' in sys.modules}"
+    )
     return 0
 
 

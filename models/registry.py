@@ -241,8 +241,7 @@ class ModelRegistry:
             size = path.stat().st_size
             if size != model_file.size_bytes:
                 raise ModelVerificationError(
-                    f"model {entry.version}: {kind} file {path} is {size} bytes, "
-                    f"registry says {model_file.size_bytes}"
+                    f"model {entry.version}: {kind} file {path} is {size} bytes, registry says {model_file.size_bytes}"
                 )
             actual_sha256 = sha256_file(path)
             if actual_sha256 != model_file.sha256:
@@ -274,9 +273,7 @@ class ModelRegistry:
                 if existing == entry:
                     return
                 if not replace:
-                    raise VersionConflictError(
-                        f"version {entry.version} is already registered with different content"
-                    )
+                    raise VersionConflictError(f"version {entry.version} is already registered with different content")
             if entry.parent is not None and entry.parent not in {other.version for other in others}:
                 raise ModelNotFoundError(f"parent version {entry.parent} of {entry.version} is not registered")
             self._save(document.model_copy(update={"models": (*others, entry)}))

