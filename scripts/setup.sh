@@ -35,8 +35,9 @@ install_python_packages() {
   local stamp="$VENV/.installed-$extras-$(sha256sum pyproject.toml | cut -c1-16)"
   if [[ ! -f "$stamp" ]]; then
     log "installing Python packages [$extras] (first run downloads TensorFlow for the model conversion)"
-    "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -e ".[$extras]"
+    "$VENV/bin/python" -m pip install -q --upgrade pip 2> >(grep -v "is ignored: it is neither" >&2)
+    # (the filter hides warnings about pip index folders configured on some machines but absent)
+    "$VENV/bin/python" -m pip install -q -e ".[$extras]" 2> >(grep -v "is ignored: it is neither" >&2)
     rm -f "$VENV"/.installed-* && touch "$stamp"
   fi
 }

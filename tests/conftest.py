@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -38,6 +39,13 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def console_script(name: str) -> str:
+    """Path of one of our console scripts in the running interpreter's environment."""
+    script = Path(sys.executable).parent / name
+    assert script.exists(), f"{script} missing: install the package (pip install -e .)"
+    return str(script)
 
 
 def media_file(name: str) -> Path:

@@ -13,7 +13,7 @@ from broker.identities import IdentityRegistry, Role
 from broker.pki import PkiPaths, load_cert, write_crl
 from comms.mqtt import MqttClient
 from comms.settings import MqttSettings, TlsSettings
-from tests.conftest import WAIT_S, tls_settings_from, wait_until
+from tests.conftest import WAIT_S, console_script, tls_settings_from, wait_until
 
 REFUSAL_WAIT_S = 3.0
 # An MQTT 5 CONNECT with client id "x" and no credentials.
@@ -149,7 +149,7 @@ def test_wrong_password_is_refused(broker, pki_dir, password_user):
 
 def test_pki_init_is_idempotent(tmp_path):
     """Re-running `emq-pki init` keeps every key and certificate."""
-    command = ["emq-pki", "--dir", str(tmp_path), "init", "--device", "cam-1"]
+    command = [console_script("emq-pki"), "--dir", str(tmp_path), "init", "--device", "cam-1"]
     first = subprocess.run(command, capture_output=True, text=True, check=True)
     snapshot = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file() and path.suffix in (".crt", ".key")}
     second = subprocess.run(command, capture_output=True, text=True, check=True)
@@ -160,14 +160,14 @@ def test_pki_init_is_idempotent(tmp_path):
 
 
 def test_pki_init_adds_new_host_names(tmp_path):
-    subprocess.run(["emq-pki", "--dir", str(tmp_path), "init"], check=True, capture_output=True)
-    result = subprocess.run(["emq-pki", "--dir", str(tmp_path), "init", "--host", "broker.example.org"], capture_output=True, text=True, check=True)
+    subprocess.run([console_script("emq-pki"), "--dir", str(tmp_path), "init"], check=True, capture_output=True)
+    result = subprocess.run([console_script("emq-pki"), "--dir", str(tmp_path), "init", "--host", "broker.example.org"], capture_output=True, text=True, check=True)
     assert "issued broker certificate" in result.stdout
     alt_names = load_cert(PkiPaths(tmp_path).server_cert).extensions.get_extension_for_class(x509.SubjectAlternativeName)
     assert "broker.example.org" in alt_names.value.get_values_for_type(x509.DNSName)
 
 
 def test_reserved_names_cannot_be_devices(tmp_path):
-    result = subprocess.run(["emq-pki", "--dir", str(tmp_path), "add", "monitor"], capture_output=True, text=True)
+    result = subprocess.run([console_script("emq-pki"), "--dir", str(tmp_path), "add", "monitor"], capture_output=True, text=True)
     assert result.returncode == 2
     assert "reserved" in result.stderr
