@@ -24,6 +24,9 @@ REFERENCE_FONT_SCALE = 0.5
 REFERENCE_BOX_THICKNESS = 2
 # Below this the Hershey font becomes unreadable, whatever the frame size.
 MINIMUM_FONT_SCALE = 0.35
+# A label may be this much wider than its face box before its font shrinks (to at
+# most half), so neighbouring small faces in a big frame do not hide each other.
+MAXIMUM_LABEL_WIDTH_TO_BOX = 1.5
 
 
 class DrawableFace(Protocol):
@@ -58,8 +61,19 @@ def label_text(face: DrawableFace, settings: AnnotationSettings) -> str:
     return " ".join(parts)
 
 
+def fit_font_scale(text: str, box_width: int, font_scale: float) -> float:
+    """Shrink the font (down to half, never below the readable minimum) when the label is much wider than the box."""
+    text_width = cv2.getTextSize(text, FONT, font_scale, 1)[0][0]
+    limit = MAXIMUM_LABEL_WIDTH_TO_BOX * box_width
+    if text_width <= limit:
+        return font_scale
+    return max(font_scale * limit / text_width, font_scale / 2, MINIMUM_FONT_SCALE)
+
+
 def draw_label(frame: np.ndarray, text: str, box: Box, font_scale: float, settings: AnnotationSettings) -> None:
     """Text on a filled background above the box, or inside its top edge when there is no room above."""
+    if settings.font_scale is None:
+        font_scale = fit_font_scale(text, box[2], font_scale)
     text_thickness = max(int(round(font_scale * 2)), 1)
     (text_width, text_height), baseline = cv2.getTextSize(text, FONT, font_scale, text_thickness)
     padding = max(int(round(text_height * 0.3)), 2)

@@ -61,11 +61,7 @@ def box_area(box: Box) -> int:
 
 def intersection_over_union(first: Box, second: Box) -> float:
     """IoU of two boxes: 0 when disjoint, 1 when identical."""
-    left = max(first[0], second[0])
-    top = max(first[1], second[1])
-    right = min(first[0] + first[2], second[0] + second[2])
-    bottom = min(first[1] + first[3], second[1] + second[3])
-    intersection = max(right - left, 0) * max(bottom - top, 0)
+    intersection = _intersection_area(first, second)
     union = box_area(first) + box_area(second) - intersection
     return intersection / union if union > 0 else 0.0
 
@@ -116,3 +112,25 @@ def remove_duplicates(boxes: Sequence[Box], overlap_threshold: float = 0.5) -> l
         if all(intersection_over_union(box, other) < overlap_threshold for other in kept):
             kept.append(box)
     return kept
+
+
+def remove_nested(boxes: Sequence[Box], containment_threshold: float = 0.6) -> list[Box]:
+    """Drop a box lying mostly (>= threshold of its area) inside a larger one.
+
+    The Haar cascade often fires on a mouth or eye region inside a face; a real
+    face is practically never hidden inside another face's box.
+    """
+    kept: list[Box] = []
+    for box in boxes:
+        area = box_area(box)
+        if area == 0:
+            continue
+        if not any(box_area(other) > area and _intersection_area(box, other) >= containment_threshold * area for other in boxes):
+            kept.append(box)
+    return kept
+
+
+def _intersection_area(first: Box, second: Box) -> int:
+    width = min(first[0] + first[2], second[0] + second[2]) - max(first[0], second[0])
+    height = min(first[1] + first[3], second[1] + second[3]) - max(first[1], second[1])
+    return max(width, 0) * max(height, 0)

@@ -27,6 +27,7 @@ from edge.perception.boxes import (
     expand_box,
     offset_box,
     remove_duplicates,
+    remove_nested,
     scale_box,
     to_box,
 )
@@ -113,56 +114,65 @@ class FaceDetector:
         return self._frames_since_full_detection + 1 >= self.settings.full_detect_every_n
 
     def detect_full(self, gray: np.ndarray) -> list[Box]:
-        """Search the whole frame at every allowed face size."""
-        image = self._detection_image(gray)
+        """Search the whole (downscaled) frame at every allowed face size."""
         scale = self.settings.detect_scale
+        image = downscale(self._prepared(gray), scale)
         min_side = self._scaled_min_side()
         max_side = self._scaled_max_side(max(image.shape[:2]))
-        boxes = self._run_cascade(image, min_side, max_side)
+        boxes = remove_nested(self._run_cascade(image, min_side, max_side, self.settings.min_neighbors))
         return [scale_box(box, 1.0 / scale) for box in boxes]
 
     def detect_in_regions(self, gray: np.ndarray, tracked_boxes: Sequence[Box]) -> list[Box]:
         """Search only around each tracked face, only for sizes close to the tracked size."""
-        image = self._detection_image(gray)
-        scale = self.settings.detect_scale
+        image = self._prepared(gray)
         found: list[Box] = []
         for tracked_box in tracked_boxes:
-            found.extend(self._search_around(image, scale_box(tracked_box, scale)))
-        unique = remove_duplicates(found)
-        return [scale_box(box, 1.0 / scale) for box in unique]
+            found.extend(self._search_around(image, tracked_box))
+        return remove_nested(remove_duplicates(found))
 
-    def _search_around(self, image: np.ndarray, face: Box) -> list[Box]:
-        """Detections (detection-image pixels) in the region around one tracked face."""
-        image_height, image_width = image.shape[:2]
-        region = clip_box(expand_box(face, self.settings.roi_margin), image_width, image_height)
-        if region is None:
-            return []
-        tolerance = self.settings.roi_size_tolerance
+    def _search_around(self, gray: np.ndarray, face: Box) -> list[Box]:
+        """Detections (full-resolution pixels) in the region around one tracked face.
+
+        The region is resized so the tracked face is ``roi_face_size`` pixels
+        wide, whatever its size in the frame: the cost is then the same for a
+        near and a far face, and small.
+        """
+        frame_height, frame_width = gray.shape[:2]
+        region = clip_box(expand_box(face, self.settings.roi_margin), frame_width, frame_height)
         tracked_side = max(face[2], face[3])
-        min_side = max(int(tracked_side * (1.0 - tolerance)), self._scaled_min_side())
-        max_side = min(int(np.ceil(tracked_side * (1.0 + tolerance))), self._scaled_max_side(tracked_side * 2))
+        if region is None or tracked_side < 1:
+            return []
+        resize_factor = min(self.settings.roi_face_size / tracked_side, 1.0)
+        tolerance = self.settings.roi_size_tolerance
+        min_side = max(int(tracked_side * (1.0 - tolerance)), self.settings.min_face_size)
+        max_side = int(np.ceil(tracked_side * (1.0 + tolerance)))
+        if self.settings.max_face_size is not None:
+            max_side = min(max_side, self.settings.max_face_size)
         region_x, region_y, region_width, region_height = region
         if min(region_width, region_height) < min_side or max_side < min_side:
             return []
-        sub_image = image[region_y : region_y + region_height, region_x : region_x + region_width]
-        return [offset_box(box, region_x, region_y) for box in self._run_cascade(sub_image, min_side, max_side)]
+        sub_image = downscale(gray[region_y : region_y + region_height, region_x : region_x + region_width], resize_factor)
+        # Sizes in the resized region, never below the cascade window (OpenCV cannot go lower).
+        scaled_min = max(int(min_side * resize_factor), self._window_size)
+        scaled_max = max(int(np.ceil(max_side * resize_factor)), scaled_min)
+        detections = self._run_cascade(sub_image, scaled_min, scaled_max, self.settings.roi_min_neighbors)
+        return [offset_box(scale_box(box, 1.0 / resize_factor), region_x, region_y) for box in detections]
 
-    def _run_cascade(self, image: np.ndarray, min_side: int, max_side: int) -> list[Box]:
+    def _run_cascade(self, image: np.ndarray, min_side: int, max_side: int, min_neighbors: int) -> list[Box]:
         detections = self._cascade.detectMultiScale(
             image,
             scaleFactor=self.settings.scale_factor,
-            minNeighbors=self.settings.min_neighbors,
+            minNeighbors=min_neighbors,
             minSize=(min_side, min_side),
             maxSize=(max_side, max_side),
         )
         return [to_box(row) for row in detections]
 
-    def _detection_image(self, gray: np.ndarray) -> np.ndarray:
-        image = downscale(gray, self.settings.detect_scale)
+    def _prepared(self, gray: np.ndarray) -> np.ndarray:
         if self.settings.equalize_hist:
             # Equalise the whole frame, not each region, so both searches see the same pixels.
-            image = cv2.equalizeHist(image)
-        return image
+            return cv2.equalizeHist(gray)
+        return gray
 
     def _scaled_min_side(self) -> int:
         scaled = int(round(self.settings.min_face_size * self.settings.detect_scale))

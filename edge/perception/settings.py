@@ -40,6 +40,13 @@ class DetectionSettings(_StrictSettings):
         le=50,
         description="Overlapping raw detections needed to keep a face; higher rejects more false positives.",
     )
+    roi_min_neighbors: int = Field(
+        default=2,
+        ge=0,
+        le=50,
+        description="min_neighbors for the local search. Lower than for the whole frame because a resized "
+        "region is scanned more coarsely (fewer overlapping raw hits per face) and a face was just seen there.",
+    )
     min_face_size: int = Field(
         default=48,
         ge=1,
@@ -63,26 +70,28 @@ class DetectionSettings(_StrictSettings):
         "in between only regions around tracked faces are searched. 1 disables the local search.",
     )
     roi_margin: float = Field(
-        default=0.5,
+        default=0.35,
         ge=0.0,
         le=5.0,
         description="Local search region around a tracked face: the face box grown by this fraction of its "
-        "side on every side (0.5 gives a region twice the face side).",
+        "side on every side (0.35 gives a region 1.7 times the face side, enough for a face moving a third of "
+        "its width between two processed frames).",
     )
     roi_size_tolerance: float = Field(
-        default=0.3,
+        default=0.15,
         gt=0.0,
         lt=1.0,
         description="In a local search, only face sizes within (1 -/+ this fraction) of the tracked size are "
-        "tried, which is what makes the local search cheap.",
+        "tried, which is what makes the local search cheap; Haar box sizes jitter by ~5 % between frames.",
     )
     roi_face_size: int = Field(
-        default=36,
+        default=60,
         ge=HAAR_WINDOW_SIZE,
         le=256,
-        description="A local search region is resized so the tracked face is this many pixels wide. Near the "
-        "cascade's 24 px window OpenCV scans every other position and the region is tiny, so the search costs "
-        "~1 ms instead of ~6 ms at detect_scale; 36 px still locates a face to a few percent of its size.",
+        description="A local search region is resized so the tracked face is this many pixels wide, so its cost "
+        "does not grow with the face's size in the frame. Smaller is faster but the cascade then returns boxes "
+        "a few percent too large, which compounds frame after frame (+10 % at 52 px); at 60 px boxes match "
+        "whole-frame detection (IoU ~0.94) for ~1.5 ms per face.",
     )
     equalize_hist: bool = Field(
         default=False,
@@ -160,11 +169,13 @@ class ClassificationSettings(_StrictSettings):
     """How face crops are cut from the frame before the emotion model."""
 
     crop_margin: float = Field(
-        default=0.1,
+        default=0.08,
         ge=0.0,
         le=1.0,
-        description="Fraction of the (squared) face side added on every side before resizing to 64x64; "
-        "FER2013 faces include a little forehead and chin. Parts outside the frame are edge-replicated.",
+        description="Fraction of the (squared) face side added on every side before resizing to 64x64; 0.08 "
+        "matches the fer package's 10 px around a typical 125 px face. Labels are sensitive to it: on woman2 "
+        "agreement with fer falls from 93 % at 0.08 to 78 % at 0.1 and 64 % at 0.2. Parts outside the frame "
+        "are edge-replicated.",
     )
 
 
