@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from models.registry import ModelEntry, ModelRegistry, default_store
+from models.registry import MODEL_NAME, PRETRAINED_VERSION, ModelEntry, ModelRegistry, default_store, verified_entry
 
 PROGRAM_NAME = "emq-model"
 logger = logging.getLogger(PROGRAM_NAME)
@@ -107,6 +107,11 @@ def _selected_entry(registry: ModelRegistry, version: str | None) -> ModelEntry:
 
 
 def _import_pretrained(arguments: argparse.Namespace) -> int:
+    registry = _registry(arguments)
+    if verified_entry(registry, PRETRAINED_VERSION) is not None:
+        # Checked before importing TensorFlow, so re-running setup costs nothing.
+        print(f"{MODEL_NAME} {PRETRAINED_VERSION} already registered and verified in {registry.store}; nothing to do")
+        return 0
     from models.convert import import_pretrained  # imports TensorFlow: only when needed
 
     if arguments.eval_npz is not None and not arguments.eval_npz.is_file():

