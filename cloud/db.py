@@ -156,6 +156,15 @@ def _connect_postgresql(url: str):
         raise DatabaseError(f"cannot connect to PostgreSQL: {str(error).strip()}") from None
 
 
+def _driver_errors(dialect: str) -> tuple[type[BaseException], ...]:
+    """Exceptions that mean 'the database failed', as opposed to 'this message is bad'."""
+    if dialect == "sqlite":
+        return (sqlite3.Error,)
+    import psycopg
+
+    return (psycopg.Error,)
+
+
 class Database:
     """Connections per thread, one transaction helper, placeholders adapted to the driver."""
 
@@ -165,6 +174,7 @@ class Database:
         self._local = threading.local()
         self._all: list[Any] = []
         self._all_lock = threading.Lock()
+        self.errors = _driver_errors(self.dialect)
         self.migrate()
 
     # -- connections ---------------------------------------------------------------
@@ -225,6 +235,23 @@ class Database:
         else:
             with connection.transaction():
                 yield
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A nested transaction: on error only this part is undone (one bad message in a batch)."""
+        connection = self.connection()
+        if self.dialect == "postgresql":
+            with connection.transaction():
+                yield
+            return
+        connection.execute("SAVEPOINT message")
+        try:
+            yield
+        except BaseException:
+            connection.execute("ROLLBACK TO message")
+            connection.execute("RELEASE message")
+            raise
+        connection.execute("RELEASE message")
 
     # -- schema --------------------------------------------------------------------
     def migrate(self) -> None:

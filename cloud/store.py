@@ -198,10 +198,13 @@ class Store:
              frame.width, frame.height, frame.size_bytes, frame.path),
         )
 
-    def quarantine(self, topic: str, reason: str, payload: bytes, received_at: float | None = None) -> None:
+    def quarantine(self, topic: str, reason: str, payload: bytes, received_at: float | None = None, keep_whole: bool = False) -> None:
+        """Record a rejected message: its first bytes (enough to see what it was), or all of it
+        when the fault may be ours (``keep_whole``), so it can be replayed after a fix."""
+        kept = bytes(payload) if keep_whole else bytes(payload[:QUARANTINE_HEAD_BYTES])
         self.db.execute(
             "INSERT INTO quarantine (received_at, topic, reason, payload_size, payload_head) VALUES (?, ?, ?, ?, ?)",
-            (received_at or time.time(), topic[:512], reason[:1000], len(payload), bytes(payload[:QUARANTINE_HEAD_BYTES])),
+            (received_at or time.time(), topic[:512], reason[:1000], len(payload), kept),
         )
 
     # == labels ===========================================================================

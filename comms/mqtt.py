@@ -172,6 +172,8 @@ class MqttClient:
         self._early_acks: dict[int, str | None] = {}
         self._lock = threading.Lock()
         self._connected = threading.Event()
+        self.subscribed = threading.Event()
+        self._pending_subscriptions: set[int] = set()
         self._stopping = False
         self._refused = False
         self._server_max_packet: int | None = None
@@ -342,14 +344,26 @@ class MqttClient:
         self._server_max_packet = getattr(properties, "MaximumPacketSize", None)
         self.last_error = None
         self._refused = False
-        for topic_filter, qos, _handler in self._handlers:
-            client.subscribe(topic_filter, qos=qos)
+        self._subscribe_all(client)
         if self.availability is not None:
             # Through self.publish so its ack is tracked like any other.
             self.publish(self.availability.topic, self.availability.online, qos=1, retain=True)
         self._connected.set()
         log.info("connected to %s:%s (session present: %s)", self.settings.host, self.settings.port, flags.session_present)
         self._notify(True, "connected")
+
+    def _subscribe_all(self, client: paho.Client) -> None:
+        """(Re)subscribe every handler; ``subscribed`` is set once the broker acknowledged them all."""
+        self.subscribed.clear()
+        mids = set()
+        for topic_filter, qos, _handler in self._handlers:
+            result, mid = client.subscribe(topic_filter, qos=qos)
+            if result == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                mids.add(mid)
+        with self._lock:
+            self._pending_subscriptions = mids
+        if not mids:
+            self.subscribed.set()
 
     def _handle_connect_fail(self, client, userdata) -> None:
         self.last_error = f"cannot connect to {self.settings.host}:{self.settings.port}"
@@ -399,6 +413,12 @@ class MqttClient:
     def _complete(self, mid: int, reason: str | None) -> None:
         # Publishes and subscriptions share paho's mid counter, so one map serves both.
         with self._lock:
+            if mid in self._pending_subscriptions:
+                self._pending_subscriptions.discard(mid)
+                if not self._pending_subscriptions:
+                    self.subscribed.set()
+                    log.info("subscriptions active: %s", ", ".join(f for f, _q, _h in self._handlers))
+                return
             delivery = self._deliveries.pop(mid, None)
             if delivery is None:
                 self._early_acks[mid] = reason

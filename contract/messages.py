@@ -17,7 +17,7 @@ import uuid
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from contract.emotions import EMOTIONS
 from contract.topics import DEVICE_ID_PATTERN
@@ -86,6 +86,16 @@ class Message(BaseModel):
 
     def to_json(self) -> bytes:
         return self.model_dump_json(by_alias=True).encode()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _schema_required_on_the_wire(cls, data: Any, info: ValidationInfo) -> Any:
+        # Python callers may omit `schema` (it has a default); a message off the
+        # wire must say which schema it follows, or we cannot trust its shape.
+        wire = bool(info.context and info.context.get("wire"))
+        if wire and "schema_" in cls.model_fields and isinstance(data, dict) and "schema" not in data:
+            raise ValueError("schema: field required (the message must name its schema version)")
+        return data
 
 
 class Box(Message):

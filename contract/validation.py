@@ -65,7 +65,7 @@ def parse_json_model(model: type[ModelType], payload: bytes | str, limit: int) -
         payload = payload.encode()
     _check_size(payload, limit, model.__name__.lower())
     try:
-        return model.model_validate_json(payload, strict=True)
+        return model.model_validate_json(payload, strict=True, context={"wire": True})
     except ValidationError as error:
         raise ContractError(_format_validation_error(error)) from None
 

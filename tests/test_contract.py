@@ -250,3 +250,11 @@ def test_topic_layout_and_parsing():
         topics.parse("site1/emotion/devices/..%2f/result")
     with pytest.raises(ValueError):
         Topics("bad/#")
+
+
+def test_schema_version_is_required_on_the_wire():
+    document = factories.result_dict()
+    del document["schema"]
+    assert "schema" in rejection(encode(document))
+    document["schema"] = "emotion.result/2"
+    assert "schema" in rejection(encode(document))

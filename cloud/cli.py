@@ -1,0 +1,69 @@
+"""``emq-ingest``: run one cloud ingest worker.
+
+    emq-ingest [--config ingest.toml] [--worker-name 2] [--shared-group ingest] [--database-url URL]
+
+Settings: TOML file, then ``EMQ_INGEST__*`` environment variables, then these
+flags. Several workers share the stream with the same ``--shared-group`` and
+distinct ``--worker-name``s. Exit codes: 0 on SIGINT/SIGTERM, 2 bad config,
+3 database unreachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from cloud.config import ENV_PREFIX, IngestConfig
+from cloud.db import DatabaseError
+from cloud.ingest import IngestService
+from common.config import ConfigError, load_config
+
+EXIT_CONFIG, EXIT_DATABASE = 2, 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emq-ingest", description="Store every device message for history and retraining.")
+    parser.add_argument("--config", type=Path)
+    parser.add_argument("--worker-name", help="override worker_name (client id ingest-<name>)")
+    parser.add_argument("--shared-group", help="override shared_group")
+    parser.add_argument("--database-url", help="override database_url")
+    parser.add_argument("--print-config", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    chosen = {"worker_name": args.worker_name, "shared_group": args.shared_group, "database_url": args.database_url}
+    return {key: value for key, value in chosen.items() if value is not None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("paho").setLevel(logging.WARNING)
+    try:
+        config = load_config(IngestConfig, args.config, env_prefix=ENV_PREFIX, overrides=_overrides(args))
+    except ConfigError as error:
+        print(f"emq-ingest: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.print_config:
+        print(json.dumps(config.model_dump(mode="json"), indent=2))
+        return 0
+    stop_event = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop_event.set())
+    try:
+        IngestService(config, stop_event).run()
+    except DatabaseError as error:
+        print(f"emq-ingest: {error}", file=sys.stderr)
+        return EXIT_DATABASE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

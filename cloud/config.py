@@ -1,0 +1,59 @@
+"""The ingest service's typed config: TOML + ``EMQ_INGEST__*`` environment overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, model_validator
+
+from comms.settings import MqttSettings, TlsSettings
+from common.config import StrictSettings
+
+ENV_PREFIX = "EMQ_INGEST__"
+IDENTITY = "ingest"
+
+
+class RetentionSettings(StrictSettings):
+    enabled: bool = Field(default=True, description="Run the retention sweep in this worker (enable it in one worker only).")
+    interval_s: Annotated[float, Field(gt=0)] = 600.0
+    frame_max_age_days: Annotated[float, Field(gt=0)] = 30.0
+    frame_max_bytes_per_device: Annotated[int, Field(ge=1024 * 1024)] = 5 * 1024**3
+    crop_max_age_days: Annotated[float, Field(gt=0)] = Field(
+        default=365.0, description="Unlabelled face crops older than this are deleted; labelled ones are kept forever."
+    )
+
+
+class IngestConfig(StrictSettings):
+    pki_dir: Path = Field(default=Path("var/pki"), description="Where `emq-pki` put ca.crt and clients/ingest.crt/.key.")
+    worker_name: str = Field(default="1", pattern=r"^[A-Za-z0-9_-]{1,32}$", description="Makes the fixed client id ingest-<name>.")
+    database_url: str = Field(default="sqlite:///var/cloud/emotion.db", description="sqlite:///path or postgresql://user:pass@host/db")
+    data_dir: Path = Field(default=Path("var/cloud/data"), description="Frames and face crops are written below this folder only.")
+    shared_group: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_-]{1,32}$",
+        description="Share the stream with other workers through $share/<group>/… subscriptions.",
+    )
+    store_frames: bool = True
+    batch_max: Annotated[int, Field(ge=1, le=10000)] = Field(default=200, description="Messages committed (and acknowledged) together.")
+    batch_wait_ms: Annotated[float, Field(ge=0, le=5000)] = 20.0
+    report_interval_s: Annotated[float, Field(gt=0)] = 30.0
+    mqtt: MqttSettings = Field(default_factory=MqttSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+
+    @model_validator(mode="after")
+    def _fill_derived(self) -> "IngestConfig":
+        if self.mqtt.tls is None and self.mqtt.username is None:
+            self.mqtt.tls = TlsSettings(
+                ca_file=self.pki_dir / "ca.crt",
+                cert_file=self.pki_dir / "clients" / f"{IDENTITY}.crt",
+                key_file=self.pki_dir / "clients" / f"{IDENTITY}.key",
+            )
+        if self.mqtt.client_id is None:
+            self.mqtt.client_id = f"{IDENTITY}-{self.worker_name}"
+        # A fixed client id with a persistent session: what arrives while we are
+        # down (or unacknowledged when we die) is delivered when we come back.
+        if "clean_start" not in self.mqtt.model_fields_set:
+            self.mqtt.clean_start = False
+        if "session_expiry_s" not in self.mqtt.model_fields_set:
+            self.mqtt.session_expiry_s = 7 * 24 * 3600
+        return self

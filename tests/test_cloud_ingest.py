@@ -1,0 +1,152 @@
+"""Cloud ingest against a real broker and real databases (SQLite, PostgreSQL when reachable)."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+
+import pytest
+
+from cloud.store import Store
+from contract.messages import FRAME_CONTENT_TYPE
+from tests import factories
+from tests.cloud_helpers import database_url, frame_properties, ingest_env, jpeg_b64, start_ingest  # noqa: F401 (fixture)
+from tests.conftest import WAIT_S, wait_until
+
+STREAM_WAIT_S = 60.0
+
+
+@pytest.fixture
+def ingests(tmp_path):
+    processes: list[subprocess.Popen] = []
+    yield processes
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def launch(ingests, env, tmp_path, name: str = "ingest", *arguments: str, wait: bool = True) -> subprocess.Popen:
+    """Start an ingest worker; by default wait until its subscriptions are acknowledged."""
+    log_path = tmp_path / f"{name}.log"
+    already = log_path.read_text().count("subscriptions active") if log_path.exists() else 0
+    process = start_ingest(env, log_path, *arguments)
+    ingests.append(process)
+    if wait:
+        assert wait_until(lambda: log_path.read_text().count("subscriptions active") > already, WAIT_S), log_of(tmp_path, name)
+    return process
+
+
+def log_of(tmp_path, name: str = "ingest") -> str:
+    path = tmp_path / f"{name}.log"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def stored_count(store: Store, table: str = "results") -> int:
+    return store.counts()[table]
+
+
+def test_results_frames_status_and_stats_are_stored(broker, pki_dir, tmp_path, database_url, mqtt_client, topics, ingests):
+    data_dir = tmp_path / "data"
+    launch(ingests, ingest_env(pki_dir, broker.settings.tls_port, data_dir, database_url), tmp_path)
+    store = Store(database_url)
+    device = mqtt_client("cam-a")
+
+    result = factories.result(faces=[factories.face(1), factories.face(2, box=(200, 100, 80, 80), top=0)])
+    assert device.publish(topics.result("cam-a"), result.to_json(), qos=1).wait(WAIT_S)
+    device.publish(topics.frame("cam-a"), jpeg_b64(), qos=1, user_properties=frame_properties(7, result), content_type=FRAME_CONTENT_TYPE)
+    device.publish(topics.status("cam-a"), b"online", qos=1, retain=True)
+    assert wait_until(lambda: store.counts()["frames"] == 1 and store.counts()["results"] == 1), log_of(tmp_path)
+    assert wait_until(lambda: (store.devices() or [None])[0] is not None and store.devices()[0].status == "online")
+
+    row, faces = store.result(store.results()[0].id)
+    assert row.msg_id == result.msg_id and row.top_label == result.emotion_text
+    assert [face.label for face in faces] == [face.label for face in result.faces]
+    assert all((data_dir / face.crop_path).read_bytes().startswith(b"\x89PNG") for face in faces)
+    document = json.loads(store.db.scalar("SELECT document FROM results"))
+    assert document["faces"][0]["crop_png_b64"] is None and document["faces"][0]["crop_path"] == faces[0].crop_path
+    frame = store.frame_for_result(result.msg_id)
+    assert frame is not None and (frame.width, frame.height) == (96, 64)
+    assert (data_dir / frame.path).read_bytes()[:3] == b"\xff\xd8\xff"
+    assert re.fullmatch(r"frames/cam-a/\d{4}-\d{2}-\d{2}/\d{9}-f7\.jpg", frame.path)
+    store.close()
+
+
+def test_redelivered_result_is_stored_once(broker, pki_dir, tmp_path, database_url, mqtt_client, topics, ingests):
+    launch(ingests, ingest_env(pki_dir, broker.settings.tls_port, tmp_path / "data", database_url), tmp_path)
+    store = Store(database_url)
+    device = mqtt_client("cam-a")
+    first, second = factories.result(seq=1), factories.result(seq=2)
+    for payload in (first.to_json(), first.to_json(), second.to_json(), first.to_json()):
+        assert device.publish(topics.result("cam-a"), payload, qos=1).wait(WAIT_S)
+    assert wait_until(lambda: stored_count(store) == 2), log_of(tmp_path)
+    assert wait_until(lambda: '"duplicates": 2' in log_of(tmp_path)), log_of(tmp_path)
+    assert stored_count(store, "faces") == 2
+    store.close()
+
+
+def test_stream_survives_ingest_kills_and_a_broker_restart(broker, pki_dir, tmp_path, mqtt_client, topics, ingests):
+    """2,000 results; the ingest is SIGKILLed twice and the broker restarted once: each stored exactly once."""
+    database = f"sqlite:///{tmp_path / 'cloud.db'}"
+    env = ingest_env(pki_dir, broker.settings.tls_port, tmp_path / "data", database)
+    ingest = launch(ingests, env, tmp_path)
+    store = Store(database)
+    device = mqtt_client("cam-a")
+    results = [factories.result(seq=seq, faces=[factories.face(1, seed=seq)]) for seq in range(2000)]
+    deliveries = []
+
+    def publish(start: int, stop: int) -> None:
+        deliveries.extend(device.publish(topics.result("cam-a"), result.to_json(), qos=1) for result in results[start:stop])
+
+    publish(0, 500)
+    assert wait_until(lambda: stored_count(store) >= 200, STREAM_WAIT_S), log_of(tmp_path)
+    ingest.send_signal(signal.SIGKILL)  # first kill, mid-stream
+    ingest.wait(WAIT_S)
+    publish(500, 900)
+    ingest = launch(ingests, env, tmp_path, wait=False)
+    assert wait_until(lambda: stored_count(store) >= 700, STREAM_WAIT_S), log_of(tmp_path)
+
+    broker.restart()  # sessions and queued messages persist
+    publish(900, 1500)
+    assert wait_until(lambda: stored_count(store) >= 1100, STREAM_WAIT_S), log_of(tmp_path)
+    ingest.send_signal(signal.SIGKILL)  # second kill
+    ingest.wait(WAIT_S)
+    publish(1500, 2000)
+    assert all(delivery.wait(STREAM_WAIT_S) and delivery.acknowledged for delivery in deliveries)
+    launch(ingests, env, tmp_path, wait=False)
+
+    assert wait_until(lambda: stored_count(store) >= 2000, STREAM_WAIT_S), f"{stored_count(store)} stored\n{log_of(tmp_path)[-3000:]}"
+    seqs = [row[0] for row in store.db.query("SELECT seq FROM results ORDER BY seq")]
+    assert seqs == list(range(2000))
+    assert stored_count(store, "faces") == 2000
+    assert stored_count(store, "quarantine") == 0
+    store.close()
+
+
+@pytest.mark.parametrize("workers", [2])
+def test_shared_subscription_workers_store_a_stream_once(broker, pki_dir, tmp_path, database_url, mqtt_client, topics, ingests, workers):
+    names = [f"w{index}" for index in range(workers)]
+    for name in names:
+        env = ingest_env(pki_dir, broker.settings.tls_port, tmp_path / "data", database_url, WORKER_NAME=name, SHARED_GROUP="ingest")
+        launch(ingests, env, tmp_path, name)
+    store = Store(database_url)
+    device = mqtt_client("cam-a")
+    deliveries = [device.publish(topics.result("cam-a"), factories.result(seq=seq).to_json(), qos=1) for seq in range(1000)]
+    assert all(delivery.wait(STREAM_WAIT_S) for delivery in deliveries)
+    assert wait_until(lambda: stored_count(store) == 1000, STREAM_WAIT_S)
+    for process in ingests:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(WAIT_S) == 0
+    per_worker = [totals_of(log_of(tmp_path, name)) for name in names]
+    assert sum(totals["results"] for totals in per_worker) == 1000
+    assert all(totals["results"] > 0 for totals in per_worker), per_worker  # the stream was really shared
+    assert all(totals["duplicates"] == 0 for totals in per_worker)
+    store.close()
+
+
+def totals_of(log_text: str) -> dict:
+    """The last 'ingest totals' line a worker logged."""
+    line = [line for line in log_text.splitlines() if "ingest totals:" in line][-1]
+    return json.loads(line.split("ingest totals: ", 1)[1])
