@@ -199,17 +199,25 @@ class VideoFileSource(_CaptureSource):
 class CameraSource(_CaptureSource):
     """A local camera by index (V4L2 on Linux, e.g. a USB webcam on the Jetson)."""
 
-    def __init__(self, index: int, width: int | None = None, height: int | None = None, fps: float | None = None) -> None:
+    def __init__(
+        self, index: int, width: int | None = None, height: int | None = None, fps: float | None = None
+    ) -> None:
         capture = cv2.VideoCapture(index, _camera_backend())
         _request_capture_format(capture, width, height, fps)
         super().__init__(capture, f"camera:{index}")
 
 
 class StreamSource(_CaptureSource):
-    """An RTSP/HTTP/... network stream through FFmpeg; credentials never appear in the description."""
+    """An RTSP/HTTP/... network stream through FFmpeg; credentials never appear in the description.
 
-    def __init__(self, url: str) -> None:
-        super().__init__(cv2.VideoCapture(url, cv2.CAP_FFMPEG), f"stream:{redact_url(url)}")
+    Opening and each read give up after ``timeout_s`` so a dead camera raises
+    ``SourceError`` (or ends the iteration) instead of hanging FFmpeg's default 30 s or more.
+    """
+
+    def __init__(self, url: str, timeout_s: float = 10.0) -> None:
+        timeout_ms = int(timeout_s * 1000)
+        parameters = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
+        super().__init__(cv2.VideoCapture(url, cv2.CAP_FFMPEG, parameters), f"stream:{redact_url(url)}")
 
 
 class GStreamerSource(_CaptureSource):
@@ -319,7 +327,9 @@ def _camera_backend() -> int:
     return cv2.CAP_V4L2 if os.name == "posix" and os.uname().sysname == "Linux" else cv2.CAP_ANY
 
 
-def _request_capture_format(capture: cv2.VideoCapture, width: int | None, height: int | None, fps: float | None) -> None:
+def _request_capture_format(
+    capture: cv2.VideoCapture, width: int | None, height: int | None, fps: float | None
+) -> None:
     """Ask the camera for a resolution/rate; drivers may pick the nearest mode they support."""
     if width:
         capture.set(cv2.CAP_PROP_FRAME_WIDTH, width)

@@ -125,7 +125,11 @@ def remove_nested(boxes: Sequence[Box], containment_threshold: float = 0.6) -> l
         area = box_area(box)
         if area == 0:
             continue
-        if not any(box_area(other) > area and _intersection_area(box, other) >= containment_threshold * area for other in boxes):
+        inside_larger = any(
+            box_area(other) > area and _intersection_area(box, other) >= containment_threshold * area
+            for other in boxes
+        )
+        if not inside_larger:
             kept.append(box)
     return kept
 

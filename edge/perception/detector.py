@@ -2,16 +2,17 @@
 
 Two ideas keep the cost low on a small CPU:
 
-* detection runs on a downscaled grey frame (``detect_scale``), and boxes are
-  mapped back to full-resolution pixels;
+* whole-frame detection runs on a downscaled grey frame (``detect_scale``),
+  and boxes are mapped back to full-resolution pixels;
 * between whole-frame detections, only a region around each tracked face is
-  searched, and only for face sizes close to the tracked size. A face moves
-  little between two frames, so a tiny image and a handful of pyramid scales
-  suffice, instead of every scale over the whole frame.
+  searched, resized so the face is ~62 px wide, and only for face sizes next
+  to the tracked one. A face moves little between two frames, so a tiny image
+  and three pyramid scales suffice, instead of every scale over the whole
+  frame (~3 ms per face instead of ~22 ms for a 596x336 frame, on one core).
 
 A whole-frame detection still runs every ``full_detect_every_n`` frames (to
-pick up new faces), when nothing is tracked, and right after a tracked face
-was lost in its region.
+pick up new faces), when nothing is tracked (every ``idle_detect_every_n``
+frames), and right after a tracked face was lost in its region.
 """
 
 from __future__ import annotations
@@ -63,13 +64,23 @@ def to_gray(frame_bgr: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY)
 
 
-def downscale(gray: np.ndarray, factor: float) -> np.ndarray:
-    """Shrink by ``factor``; INTER_AREA averages pixels, so no aliasing artefacts for the cascade."""
+def resize_by(gray: np.ndarray, factor: float) -> np.ndarray:
+    """Resize by ``factor``: INTER_AREA to shrink (averages pixels, no aliasing), INTER_LINEAR to enlarge."""
     if factor == 1.0:
         return gray
     height, width = gray.shape[:2]
     size = (max(int(round(width * factor)), 1), max(int(round(height * factor)), 1))
-    return cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+    return cv2.resize(gray, size, interpolation=cv2.INTER_AREA if factor < 1.0 else cv2.INTER_LINEAR)
+
+
+def pyramid_window_size(target: float, window_size: int, scale_factor: float) -> float:
+    """The cascade window size ``window_size * scale_factor**k`` nearest to ``target`` (k >= 0).
+
+    OpenCV tries exactly these sizes; putting the tracked face on one of them
+    keeps the local search unbiased.
+    """
+    steps = max(round(np.log(max(target, window_size) / window_size) / np.log(scale_factor)), 0)
+    return float(window_size * scale_factor**steps)
 
 
 class FaceDetector:
@@ -84,6 +95,9 @@ class FaceDetector:
         self.settings = settings or DetectionSettings()
         self._cascade = load_cascade(self.settings.cascade_path)
         self._window_size = int(min(self._cascade.getOriginalWindowSize())) or 24
+        self._roi_window_size = pyramid_window_size(
+            self.settings.roi_face_size, self._window_size, self.settings.scale_factor
+        )
         self._frames_since_full_detection: int | None = None
         self.last_search_was_full = False
 
@@ -106,17 +120,20 @@ class FaceDetector:
         assert self._frames_since_full_detection is not None
         self._frames_since_full_detection += 1
         self.last_search_was_full = False
+        # With nothing tracked (an idle frame between whole-frame searches) this finds nothing, at no cost.
         return self.detect_in_regions(gray, tracked_boxes)
 
     def _needs_full_detection(self, tracked_boxes: Sequence[Box], track_lost: bool) -> bool:
-        if self._frames_since_full_detection is None or not tracked_boxes or track_lost:
+        if self._frames_since_full_detection is None or track_lost:
             return True
+        if not tracked_boxes:
+            return self._frames_since_full_detection + 1 >= self.settings.idle_detect_every_n
         return self._frames_since_full_detection + 1 >= self.settings.full_detect_every_n
 
     def detect_full(self, gray: np.ndarray) -> list[Box]:
         """Search the whole (downscaled) frame at every allowed face size."""
         scale = self.settings.detect_scale
-        image = downscale(self._prepared(gray), scale)
+        image = resize_by(self._prepared(gray), scale)
         min_side = self._scaled_min_side()
         max_side = self._scaled_max_side(max(image.shape[:2]))
         boxes = remove_nested(self._run_cascade(image, min_side, max_side, self.settings.min_neighbors))
@@ -133,29 +150,33 @@ class FaceDetector:
     def _search_around(self, gray: np.ndarray, face: Box) -> list[Box]:
         """Detections (full-resolution pixels) in the region around one tracked face.
 
-        The region is resized so the tracked face is ``roi_face_size`` pixels
-        wide, whatever its size in the frame: the cost is then the same for a
-        near and a far face, and small.
+        The region is resized so the tracked face is exactly one of the
+        cascade's pyramid window sizes near ``roi_face_size``: the cost is then
+        the same for a near and a far face, and the sizes tried (that window
+        and its neighbours within ``roi_size_tolerance``) are symmetric around
+        the tracked size, so the box neither grows nor shrinks frame after frame.
         """
         frame_height, frame_width = gray.shape[:2]
         region = clip_box(expand_box(face, self.settings.roi_margin), frame_width, frame_height)
         tracked_side = max(face[2], face[3])
         if region is None or tracked_side < 1:
             return []
-        resize_factor = min(self.settings.roi_face_size / tracked_side, 1.0)
+        # Small faces are enlarged too: the same window alignment, and a tiny region costs little.
+        resize_factor = self._roi_window_size / tracked_side
         tolerance = self.settings.roi_size_tolerance
-        min_side = max(int(tracked_side * (1.0 - tolerance)), self.settings.min_face_size)
-        max_side = int(np.ceil(tracked_side * (1.0 + tolerance)))
+        min_side = max(int(np.floor(self._roi_window_size * (1.0 - tolerance))), self._window_size)
+        max_side = int(np.ceil(self._roi_window_size * (1.0 + tolerance)))
+        # The configured size limits still apply (in the resized region's pixels), with the same
+        # tolerance: a tracked face at the limit is not lost for jittering 1 px below it.
+        min_side = max(min_side, int(np.ceil(self.settings.min_face_size * (1.0 - tolerance) * resize_factor)))
         if self.settings.max_face_size is not None:
-            max_side = min(max_side, self.settings.max_face_size)
+            max_side = min(max_side, int(self.settings.max_face_size * (1.0 + tolerance) * resize_factor))
         region_x, region_y, region_width, region_height = region
-        if min(region_width, region_height) < min_side or max_side < min_side:
+        region_pixels = gray[region_y : region_y + region_height, region_x : region_x + region_width]
+        sub_image = resize_by(region_pixels, resize_factor)
+        if min(sub_image.shape[:2]) < min_side or max_side < min_side:
             return []
-        sub_image = downscale(gray[region_y : region_y + region_height, region_x : region_x + region_width], resize_factor)
-        # Sizes in the resized region, never below the cascade window (OpenCV cannot go lower).
-        scaled_min = max(int(min_side * resize_factor), self._window_size)
-        scaled_max = max(int(np.ceil(max_side * resize_factor)), scaled_min)
-        detections = self._run_cascade(sub_image, scaled_min, scaled_max, self.settings.roi_min_neighbors)
+        detections = self._run_cascade(sub_image, min_side, max_side, self.settings.roi_min_neighbors)
         return [offset_box(scale_box(box, 1.0 / resize_factor), region_x, region_y) for box in detections]
 
     def _run_cascade(self, image: np.ndarray, min_side: int, max_side: int, min_neighbors: int) -> list[Box]:

@@ -89,8 +89,8 @@ class PerceptionPipeline:
         """
         started = time.perf_counter()
         gray = to_gray(frame_bgr)
-        boxes = self.detector.detect(gray, self.tracker.live_boxes(), self.tracker.track_lost)
-        track_ids = self.tracker.update(boxes)
+        boxes = self.detector.detect(gray, self.tracker.search_boxes(), self.tracker.track_lost)
+        track_ids = self.tracker.update(boxes, whole_frame=self.detector.last_search_was_full)
         detected = time.perf_counter()
         probabilities, crops = self.classifier.classify(gray, boxes)
         faces = [self._face_result(*parts) for parts in zip(boxes, track_ids, probabilities, crops)]

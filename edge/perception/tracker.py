@@ -27,13 +27,26 @@ from edge.perception.settings import TrackingSettings
 
 @dataclass
 class Track:
-    """One face followed across frames."""
+    """One face followed across frames.
+
+    ``anchor_side`` is the face size at the last whole-frame detection. The
+    local search looks for that size (around the latest position) rather than
+    the latest size: the cascade's size error is then not fed back frame after
+    frame, where it would compound into a box that slowly grows or shrinks.
+    """
 
     track_id: int
     box: Box
+    anchor_side: int
     missed: int = 0
     hits: int = 1
     probability_history: deque[np.ndarray] = field(default_factory=deque)
+
+    def search_box(self) -> Box:
+        """Square box of the anchor size centred on the latest box."""
+        x, y, width, height = self.box
+        side = self.anchor_side
+        return x + (width - side) // 2, y + (height - side) // 2, side, side
 
 
 class FaceTracker:
@@ -55,11 +68,19 @@ class FaceTracker:
         return list(self._tracks)
 
     def live_boxes(self) -> list[Box]:
-        """Last boxes of every live track (including those missed for a few frames): where to search next."""
+        """Last boxes of every live track (including those missed for a few frames)."""
         return [track.box for track in self._tracks]
 
-    def update(self, boxes: Sequence[Box]) -> list[int]:
-        """Match this frame's detections to tracks; returns the track id of each box, in order."""
+    def search_boxes(self) -> list[Box]:
+        """Where the local search should look next: each live track's anchor-size box at its latest position."""
+        return [track.search_box() for track in self._tracks]
+
+    def update(self, boxes: Sequence[Box], whole_frame: bool = True) -> list[int]:
+        """Match this frame's detections to tracks; returns the track id of each box, in order.
+
+        ``whole_frame`` says the boxes come from a whole-frame detection, whose
+        sizes become the tracks' new anchor sizes.
+        """
         scores = iou_matrix([track.box for track in self._tracks], list(boxes))
         matches = greedy_matches(scores, self.settings.iou_match)
         track_ids: list[int | None] = [None] * len(boxes)
@@ -67,6 +88,8 @@ class FaceTracker:
         for track_index, box_index in matches:
             track = self._tracks[track_index]
             track.box, track.missed, track.hits = boxes[box_index], 0, track.hits + 1
+            if whole_frame:
+                track.anchor_side = max(track.box[2], track.box[3])
             track_ids[box_index] = track.track_id
             matched_tracks.add(track_index)
         self.track_lost = self._age_unmatched(matched_tracks)
@@ -89,7 +112,7 @@ class FaceTracker:
         return newly_lost
 
     def _start_track(self, box: Box) -> int:
-        track = Track(track_id=self._next_track_id, box=box)
+        track = Track(track_id=self._next_track_id, box=box, anchor_side=max(box[2], box[3]))
         self._next_track_id += 1
         self._tracks.append(track)
         return track.track_id
