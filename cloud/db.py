@@ -66,7 +66,7 @@ CREATE TABLE IF NOT EXISTS faces (
     p_sad {real} NOT NULL, p_surprise {real} NOT NULL, p_neutral {real} NOT NULL,
     box_x INTEGER NOT NULL, box_y INTEGER NOT NULL, box_w INTEGER NOT NULL, box_h INTEGER NOT NULL,
     model_version TEXT NOT NULL,
-    crop_path TEXT
+    crop_png {blob}
 );
 CREATE INDEX IF NOT EXISTS faces_device_time ON faces (device_id, captured_at);
 CREATE INDEX IF NOT EXISTS faces_label_time ON faces (label, captured_at);

@@ -31,7 +31,7 @@ import numpy as np
 from cloud.config import IngestConfig
 from cloud.files import DataFolder, UnsafePath
 from cloud.retention import sweep
-from cloud.store import NewFrame, Store, epoch
+from cloud.store import NewFrame, NewResult, Store, epoch
 from comms.mqtt import Message, MqttClient
 from contract.topics import Channel, InvalidDeviceId, Topics
 from contract.validation import ContractError, FrameMeta, parse_frame, parse_result, parse_stats, parse_status
@@ -94,6 +94,8 @@ class IngestService:
         self.files = DataFolder(config.data_dir)
         self.client: MqttClient | None = None
         self._quarantine_log_budget = (time.monotonic(), 0)
+        self._seen: dict[str, tuple[float, int, str]] = {}
+        self._pending: list[NewResult] = []
         self._handlers = {
             Channel.RESULT: self._store_result,
             Channel.FRAME: self._store_frame,
@@ -178,9 +180,15 @@ class IngestService:
 
     def process_batch(self, batch: list[Message]) -> None:
         received_at = time.time()
+        self._seen, self._pending = {}, []
         with self.store.transaction():
             for message in batch:
                 self._process_one(message, received_at)
+            stored = self.store.add_results(self._pending, received_at)
+            for device_id, (seen_at, seq, model_version) in self._seen.items():
+                self.store.touch_device(device_id, seen_at, seq, model_version)
+        self.counters.stored["result"] += stored
+        self.counters.duplicates += len(self._pending) - stored
         self.counters.batches += 1
 
     # -- one message ---------------------------------------------------------------------------
@@ -222,28 +230,14 @@ class IngestService:
 
     # -- per channel ------------------------------------------------------------------------------
     def _store_result(self, device_id: str, message: Message, received_at: float) -> None:
+        """Validate now; the batch's results are inserted together at the end (see process_batch)."""
         result = parse_result(message.payload, expected_device=device_id)
         self.counters.last_lag_s = max(received_at - epoch(result.captured_at), 0.0)
-        if self.store.result_by_msg_id(result.msg_id) is not None:
-            self.counters.duplicates += 1  # redelivery: stored already, just acknowledge
-            return
-        document = json.loads(message.payload)
-        crop_paths = [self._store_crop(result, index, document) for index in range(len(result.faces))]
-        if self.store.add_result(result, received_at, crop_paths, document):
-            self.counters.stored["result"] += 1
-        else:
-            self.counters.duplicates += 1
-
-    def _store_crop(self, result, index: int, document: dict) -> str | None:
-        face = result.faces[index]
-        if face.crop_png_b64 is None:
-            return None
-        relative = self.files.relative_path("crops", result.device_id, epoch(result.captured_at), f"{result.msg_id}-{index}.png")
-        self.files.write(relative, base64.b64decode(face.crop_png_b64))
-        # The stored JSON points at the file instead of repeating the pixels.
-        document["faces"][index]["crop_png_b64"] = None
-        document["faces"][index]["crop_path"] = relative.as_posix()
-        return relative.as_posix()
+        crops = [base64.b64decode(face.crop_png_b64) if face.crop_png_b64 else None for face in result.faces]
+        # The stored JSON keeps everything but the pixels, which go to the faces' crop column.
+        document = result.model_dump_json(by_alias=True, exclude={"faces": {"__all__": {"crop_png_b64"}}})
+        self._pending.append(NewResult(result, crops, document))
+        self._seen[device_id] = (received_at, result.seq, result.model.version)
 
     def _store_frame(self, device_id: str, message: Message, received_at: float) -> None:
         jpeg = parse_frame(message.payload)

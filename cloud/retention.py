@@ -2,8 +2,8 @@
 
 * frames older than ``frame_max_age_days`` go;
 * a device over ``frame_max_bytes_per_device`` loses its oldest frames first;
-* unlabelled face crops older than ``crop_max_age_days`` go (their result rows
-  stay, with ``crop_path`` cleared); a crop somebody labelled is kept forever,
+* unlabelled face crops older than ``crop_max_age_days`` go (their face rows
+  stay, without the picture); a crop somebody labelled is kept forever,
   since labels are what retraining is made of.
 """
 
@@ -60,14 +60,12 @@ def cap_frame_bytes(store: Store, files: DataFolder, settings: RetentionSettings
             used -= freed
 
 
-def expire_unlabelled_crops(store: Store, files: DataFolder, settings: RetentionSettings, now: float, report: SweepReport) -> None:
+def expire_unlabelled_crops(store: Store, settings: RetentionSettings, now: float, report: SweepReport) -> None:
     before = now - settings.crop_max_age_days * DAY_S
-    while crops := store.unlabelled_crops_older_than(before, BATCH):
-        for _face_id, path in crops:
-            report.bytes_freed += files.delete(path)
+    while face_ids := store.unlabelled_crops_older_than(before, BATCH):
         with store.transaction():
-            store.forget_crops(face_id for face_id, _ in crops)
-        report.crops_deleted += len(crops)
+            store.forget_crops(face_ids)
+        report.crops_deleted += len(face_ids)
 
 
 def sweep(store: Store, files: DataFolder, settings: RetentionSettings, now: float | None = None) -> SweepReport:
@@ -75,7 +73,7 @@ def sweep(store: Store, files: DataFolder, settings: RetentionSettings, now: flo
     report = SweepReport()
     expire_old_frames(store, files, settings, now, report)
     cap_frame_bytes(store, files, settings, report)
-    expire_unlabelled_crops(store, files, settings, now, report)
+    expire_unlabelled_crops(store, settings, now, report)
     if report.frames_deleted or report.crops_deleted:
         log.info("retention: deleted %d frames and %d crops, freed %d bytes", report.frames_deleted, report.crops_deleted, report.bytes_freed)
     return report

@@ -1,9 +1,11 @@
 """The cloud store: every result, face, frame, label and quarantined message, behind one interface.
 
 Writers (the ingest service) and readers (web UI, retraining job) share this
-class; it works on SQLite and PostgreSQL alike (:mod:`cloud.db`). Files
-(frames, crops) live under the data folder; rows hold their paths relative
-to it, so a data folder can move.
+class; it works on SQLite and PostgreSQL alike (:mod:`cloud.db`). Frames are
+JPEG files under the data folder (rows hold their paths relative to it, so
+the folder can move); the 64x64 face crops (~4 KB PNG) live in the database
+itself, which is several times faster than one file each and keeps a crop
+and its labels in one transaction.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ class FaceRow:
     probabilities: dict[str, float]
     box: tuple[int, int, int, int]
     model_version: str
-    crop_path: str | None
+    has_crop: bool
     human_label: str | None = None
 
 
@@ -104,8 +106,39 @@ class NewFrame:
     path: str
 
 
+@dataclass(frozen=True)
+class NewResult:
+    """A validated result ready to store: the decoded crop PNG per face, the JSON without pixels."""
+
+    result: Result
+    crops: list[bytes | None]
+    document: str
+
+
+def _result_values(item: NewResult, received_at: float) -> tuple:
+    result, top = item.result, item.result.top
+    return (
+        result.msg_id, result.device_id, result.seq, epoch(result.captured_at), received_at, result.frame_number,
+        result.source, result.model.name, result.model.version, len(result.faces),
+        top.label if top else None, top.confidence if top else None, item.document,
+    )
+
+
+def _face_values(result_id: int, item: NewResult) -> list[tuple]:
+    result = item.result
+    captured_at = epoch(result.captured_at)
+    return [
+        (
+            result_id, index, result.device_id, captured_at, face.track_id, face.label, face.confidence,
+            *face.probabilities.as_tuple(), face.box.x, face.box.y, face.box.w, face.box.h,
+            result.model.version, item.crops[index],
+        )
+        for index, face in enumerate(result.faces)
+    ]
+
+
 _RESULT_COLUMNS = "id, msg_id, device_id, seq, captured_at, received_at, frame_number, source, model_version, face_count, top_label, top_confidence"
-_FACE_COLUMNS = f"f.id, f.result_id, f.device_id, f.captured_at, f.track_id, f.label, f.confidence, {', '.join('f.p_' + name for name in EMOTIONS)}, f.box_x, f.box_y, f.box_w, f.box_h, f.model_version, f.crop_path"
+_FACE_COLUMNS = f"f.id, f.result_id, f.device_id, f.captured_at, f.track_id, f.label, f.confidence, {', '.join('f.p_' + name for name in EMOTIONS)}, f.box_x, f.box_y, f.box_w, f.box_h, f.model_version, (f.crop_png IS NOT NULL)"
 _LATEST_LABEL = "(SELECT l.label FROM labels l WHERE l.face_id = f.id ORDER BY l.labelled_at DESC, l.id DESC LIMIT 1)"
 
 
@@ -114,7 +147,7 @@ def _face_row(row: tuple, human_label: str | None = None) -> FaceRow:
     return FaceRow(
         id=row[0], result_id=row[1], device_id=row[2], captured_at=row[3], track_id=row[4], label=row[5],
         confidence=row[6], probabilities=probabilities, box=tuple(row[14:18]), model_version=row[18],
-        crop_path=row[19], human_label=human_label,
+        has_crop=bool(row[19]), human_label=human_label,
     )
 
 
@@ -137,41 +170,40 @@ class Store:
         return self.db.transaction()
 
     # == writes (ingest) ================================================================
-    def add_result(self, result: Result, received_at: float, crop_paths: list[str | None], document: dict[str, Any]) -> bool:
-        """Store a result and its faces; False if this msg_id was stored before (redelivery)."""
-        top = result.top
-        row = self.db.execute(
-            "INSERT INTO results (msg_id, device_id, seq, captured_at, received_at, frame_number, source, model_name,"
-            " model_version, face_count, top_label, top_confidence, document)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (msg_id) DO NOTHING RETURNING id",
-            (
-                result.msg_id, result.device_id, result.seq, epoch(result.captured_at), received_at, result.frame_number,
-                result.source, result.model.name, result.model.version, len(result.faces),
-                top.label if top else None, top.confidence if top else None, json.dumps(document, separators=(",", ":")),
-            ),
-        ).fetchone()
-        if row is None:
-            return False
-        self._add_faces(row[0], result, crop_paths)
-        self._touch_device(result.device_id, received_at, result.seq, result.model.version)
-        return True
+    def add_result(self, result: Result, received_at: float, crops: list[bytes | None], document: str) -> bool:
+        """Store one result and its faces; False if this msg_id was stored before (a redelivery)."""
+        return self.add_results([NewResult(result, crops, document)], received_at) == 1
 
-    def _add_faces(self, result_id: int, result: Result, crop_paths: list[str | None]) -> None:
-        captured = epoch(result.captured_at)
-        rows = [
-            (
-                result_id, index, result.device_id, captured, face.track_id, face.label, face.confidence,
-                *face.probabilities.as_tuple(), face.box.x, face.box.y, face.box.w, face.box.h,
-                result.model.version, crop_paths[index],
-            )
-            for index, face in enumerate(result.faces)
-        ]
+    def add_results(self, items: list["NewResult"], received_at: float) -> int:
+        """Store results and their faces in a few statements; returns how many were new.
+
+        One multi-row ``INSERT … ON CONFLICT DO NOTHING RETURNING`` tells exactly
+        which rows this transaction created, even with concurrent workers, so
+        faces are never stored twice for a redelivered result.
+        """
+        unique = list({item.result.msg_id: item for item in items}.values())
+        if not unique:
+            return 0
+        placeholders = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(unique))
+        parameters = [value for item in unique for value in _result_values(item, received_at)]
+        created = dict(self.db.query(
+            "INSERT INTO results (msg_id, device_id, seq, captured_at, received_at, frame_number, source, model_name,"
+            f" model_version, face_count, top_label, top_confidence, document) VALUES {placeholders}"
+            " ON CONFLICT (msg_id) DO NOTHING RETURNING msg_id, id",
+            parameters,
+        ))
+        face_rows = [row for item in unique if item.result.msg_id in created for row in _face_values(created[item.result.msg_id], item)]
         self.db.executemany(
             "INSERT INTO faces (result_id, face_index, device_id, captured_at, track_id, label, confidence,"
-            f" {PROBABILITY_COLUMNS}, box_x, box_y, box_w, box_h, model_version, crop_path)"
+            f" {PROBABILITY_COLUMNS}, box_x, box_y, box_w, box_h, model_version, crop_png)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            rows,
+            face_rows,
         )
+        return len(created)
+
+    def touch_device(self, device_id: str, seen_at: float, seq: int | None = None, model_version: str | None = None) -> None:
+        """Record that a device was heard from (once per batch, not per message)."""
+        self._touch_device(device_id, seen_at, seq, model_version)
 
     def _touch_device(self, device_id: str, seen_at: float, seq: int | None = None, model_version: str | None = None) -> None:
         self.db.execute(
@@ -222,7 +254,7 @@ class Store:
         """Faces with a crop and no human label yet, least confident first."""
         where, parameters = ("AND f.device_id = ?", [device_id]) if device_id else ("", [])
         rows = self.db.query(
-            f"SELECT {_FACE_COLUMNS} FROM faces f WHERE f.crop_path IS NOT NULL"
+            f"SELECT {_FACE_COLUMNS} FROM faces f WHERE f.crop_png IS NOT NULL"
             f" AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.face_id = f.id) {where}"
             " ORDER BY f.confidence ASC, f.id ASC LIMIT ?",
             (*parameters, limit),
@@ -232,13 +264,13 @@ class Store:
     def label_progress(self) -> tuple[int, int]:
         """(faces labelled by a person, faces with a crop)."""
         labelled = self.db.scalar("SELECT COUNT(DISTINCT face_id) FROM labels")
-        with_crop = self.db.scalar("SELECT COUNT(*) FROM faces WHERE crop_path IS NOT NULL")
+        with_crop = self.db.scalar("SELECT COUNT(*) FROM faces WHERE crop_png IS NOT NULL")
         return labelled, with_crop
 
     def training_faces(self, min_confidence: float | None = None) -> list[FaceRow]:
         """Faces with crops for retraining: the human label where there is one, else (optionally) confident model labels."""
         rows = self.db.query(
-            f"SELECT {_FACE_COLUMNS}, {_LATEST_LABEL} FROM faces f WHERE f.crop_path IS NOT NULL ORDER BY f.captured_at, f.id"
+            f"SELECT {_FACE_COLUMNS}, {_LATEST_LABEL} FROM faces f WHERE f.crop_png IS NOT NULL ORDER BY f.captured_at, f.id"
         )
         faces = [_face_row(row[:20], human_label=row[20]) for row in rows]
         if min_confidence is None:
@@ -330,13 +362,19 @@ class Store:
     def delete_frames(self, frame_ids: Iterable[int]) -> None:
         self.db.executemany("DELETE FROM frames WHERE id = ?", [(frame_id,) for frame_id in frame_ids])
 
-    def unlabelled_crops_older_than(self, before: float, limit: int = 1000) -> list[tuple[int, str]]:
-        """(face id, crop path) of crops nobody labelled, captured before ``before``; labelled ones are kept forever."""
-        return self.db.query(
-            "SELECT f.id, f.crop_path FROM faces f WHERE f.crop_path IS NOT NULL AND f.captured_at < ?"
+    def unlabelled_crops_older_than(self, before: float, limit: int = 1000) -> list[int]:
+        """Face ids whose crop nobody labelled, captured before ``before``; labelled crops are kept forever."""
+        rows = self.db.query(
+            "SELECT f.id FROM faces f WHERE f.crop_png IS NOT NULL AND f.captured_at < ?"
             " AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.face_id = f.id) ORDER BY f.id LIMIT ?",
             (before, limit),
         )
+        return [row[0] for row in rows]
 
     def forget_crops(self, face_ids: Iterable[int]) -> None:
-        self.db.executemany("UPDATE faces SET crop_path = NULL WHERE id = ?", [(face_id,) for face_id in face_ids])
+        self.db.executemany("UPDATE faces SET crop_png = NULL WHERE id = ?", [(face_id,) for face_id in face_ids])
+
+    def crop_png(self, face_id: int) -> bytes | None:
+        """The 64x64 greyscale PNG the model saw for this face, if still kept."""
+        value = self.db.scalar("SELECT crop_png FROM faces WHERE id = ?", (face_id,))
+        return bytes(value) if value is not None else None

@@ -72,7 +72,8 @@ def parse_utc_millis(text: str) -> datetime:
     """Inverse of :func:`utc_millis`; raises ValueError on any other shape."""
     if not _UTC_MILLIS_RE.fullmatch(text):
         raise ValueError("must be ISO-8601 UTC with milliseconds, e.g. 2026-11-22T03:47:13.123Z")
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    # fromisoformat is ~50x faster than strptime; the regex above already fixed the shape.
+    return datetime.fromisoformat(text[:-1]).replace(tzinfo=timezone.utc)
 
 
 UtcMillis = Annotated[str, Field(max_length=24, description="ISO-8601 UTC with milliseconds, e.g. 2026-11-22T03:47:13.123Z")]

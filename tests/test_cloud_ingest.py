@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import signal
@@ -64,9 +65,9 @@ def test_results_frames_status_and_stats_are_stored(broker, pki_dir, tmp_path, d
     row, faces = store.result(store.results()[0].id)
     assert row.msg_id == result.msg_id and row.top_label == result.emotion_text
     assert [face.label for face in faces] == [face.label for face in result.faces]
-    assert all((data_dir / face.crop_path).read_bytes().startswith(b"\x89PNG") for face in faces)
+    assert all(face.has_crop and store.crop_png(face.id) == base64.b64decode(sent.crop_png_b64) for face, sent in zip(faces, result.faces))
     document = json.loads(store.db.scalar("SELECT document FROM results"))
-    assert document["faces"][0]["crop_png_b64"] is None and document["faces"][0]["crop_path"] == faces[0].crop_path
+    assert "crop_png_b64" not in document["faces"][0] and document["faces"][0]["probabilities"] == json.loads(result.to_json())["faces"][0]["probabilities"]
     frame = store.frame_for_result(result.msg_id)
     assert frame is not None and (frame.width, frame.height) == (96, 64)
     assert (data_dir / frame.path).read_bytes()[:3] == b"\xff\xd8\xff"

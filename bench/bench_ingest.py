@@ -1,0 +1,278 @@
+"""Benchmark: how fast the cloud ingest stores a full-speed stream, against the broker's own ceiling.
+
+    python bench/bench_ingest.py [--results 5000] [--frames 500] [--json out.json]
+
+1. Records a real stream: the edge perception pipeline runs on woman2.mp4
+   (../shared/media) or on the demo sample video, giving real results with
+   face crops and real annotated JPEG frames.
+2. Starts this repo's Mosquitto (TLS, generated PKI) on free ports.
+3. Ceiling: the stock ``mosquitto_sub`` subscribes (QoS 1) and the stream is
+   published at full speed over TLS; results/s = results / time until
+   mosquitto_sub has received them all.
+4. The same stream into ``emq-ingest``: SQLite with 1 and 2 workers (shared
+   subscription), and PostgreSQL when reachable; stored results/s = results /
+   time until the last one is committed.
+
+Prints a table; target: stored results >= 80 % of the ceiling on SQLite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from broker.config import BrokerSettings  # noqa: E402
+from broker.identities import init_pki  # noqa: E402
+from broker.runner import MosquittoProcess  # noqa: E402
+from comms.mqtt import MqttClient  # noqa: E402
+from comms.settings import pki_mqtt_settings  # noqa: E402
+from contract.messages import FRAME_CONTENT_TYPE, make_result, utc_millis  # noqa: E402
+from contract.topics import Channel, Topics  # noqa: E402
+from contract.validation import FrameMeta  # noqa: E402
+
+DEVICE = "bench-cam"
+SHARED_VIDEO = REPO.parent / "shared" / "media" / "woman2.mp4"
+TIMEOUT_S = 300.0
+
+
+@dataclass
+class Recorded:
+    faces: list          # per recorded frame: contract Face objects
+    frames_b64: list[bytes]
+    width: int
+    height: int
+
+
+@dataclass
+class Stream:
+    results: list[bytes]
+    frames: list[tuple[bytes, list[tuple[str, str]]]]
+
+    @property
+    def result_bytes(self) -> int:
+        return sum(len(payload) for payload in self.results)
+
+
+def record(max_frames: int) -> Recorded:
+    """Run the real perception pipeline on a real video (no MQTT) and keep its output."""
+    from edge.agent import to_contract_face
+    from edge.model import load_model
+    from edge.perception.codec import encode_jpeg
+    from edge.perception.pipeline import PerceptionPipeline
+    from edge.sample import write_sample
+    from edge.sources import open_source
+
+    video = SHARED_VIDEO if SHARED_VIDEO.exists() else write_sample(Path(tempfile.gettempdir()) / "emq-bench-sample.mp4")
+    pipeline = PerceptionPipeline(None, None, None, load_model(None, None, 1))
+    faces, frames = [], []
+    with open_source(str(video)) as source:
+        for frame_number, _captured, frame in source:
+            analysis = pipeline.process(frame)
+            height, width = frame.shape[:2]
+            faces.append([to_contract_face(face, width, height, True) for face in analysis.faces])
+            frames.append(base64.b64encode(encode_jpeg(analysis.annotated, 80, 640)))
+            if frame_number + 1 >= max_frames:
+                break
+    print(f"recorded {len(faces)} frames of {video.name}: {sum(map(len, faces))} faces", flush=True)
+    return Recorded(faces, frames, width, height)
+
+
+def build_stream(recorded: Recorded, results: int, frames: int) -> Stream:
+    """Cycle the recording into a stream with fresh ids, contiguous seqs and times."""
+    start = datetime.now(timezone.utc)
+    payloads = []
+    for seq in range(results):
+        index = seq % len(recorded.faces)
+        result = make_result(
+            device_id=DEVICE, seq=seq, source="file:woman2.mp4", video_file="woman2.mp4", frame_number=seq,
+            captured_at=start + timedelta(milliseconds=33 * seq), frame_width=recorded.width, frame_height=recorded.height,
+            model_name="mini_xception_fer2013", model_version="1.0.0", faces=recorded.faces[index],
+        )
+        payloads.append(result.to_json())
+    frame_messages = []
+    for number in range(frames):
+        meta = FrameMeta(frame_number=number, captured_at=utc_millis(start + timedelta(milliseconds=33 * number)))
+        frame_messages.append((recorded.frames_b64[number % len(recorded.frames_b64)], meta.to_properties()))
+    return Stream(payloads, frame_messages)
+
+
+def publish_stream(client: MqttClient, topics: Topics, stream: Stream) -> float:
+    """Publish everything at full speed; returns the start time. Results QoS 1, frames QoS 0 (as the edge does)."""
+    started = time.perf_counter()
+    every = max(len(stream.results) // max(len(stream.frames), 1), 1)
+    frames = iter(stream.frames)
+    deliveries = []
+    for index, payload in enumerate(stream.results):
+        deliveries.append(client.publish(topics.result(DEVICE), payload, qos=1))
+        if index % every == 0:
+            frame = next(frames, None)
+            if frame is not None:
+                client.publish(topics.frame(DEVICE), frame[0], qos=0, user_properties=frame[1], content_type=FRAME_CONTENT_TYPE)
+    for delivery in deliveries:
+        if not delivery.wait(TIMEOUT_S):
+            raise RuntimeError("publisher: a result was not acknowledged")
+    return started
+
+
+def measure_ceiling(broker: MosquittoProcess, pki: Path, topics: Topics, stream: Stream, publisher: MqttClient) -> float:
+    command = [
+        "mosquitto_sub", "-h", "localhost", "-p", str(broker.settings.tls_port), "--cafile", str(pki / "ca.crt"),
+        "--cert", str(pki / "clients" / "ingest.crt"), "--key", str(pki / "clients" / "ingest.key"),
+        "-q", "1", "-t", topics.all_devices(Channel.RESULT), "-C", str(len(stream.results)), "-W", str(int(TIMEOUT_S)),
+    ]
+    subscriber = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(0.5)  # mosquitto_sub gives no "subscribed" signal; a generous head start
+    started = publish_stream(publisher, topics, stream)
+    if subscriber.wait(TIMEOUT_S) != 0:
+        raise RuntimeError(f"mosquitto_sub failed: {subscriber.stderr.read().decode()}")
+    return len(stream.results) / (time.perf_counter() - started)
+
+
+def count_rows(database_url: str, table: str) -> int:
+    if database_url.startswith("sqlite:///"):
+        with sqlite3.connect(database_url[len("sqlite:///"):], timeout=30) as connection:
+            try:
+                return connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+            except sqlite3.OperationalError:
+                return 0
+    import psycopg
+
+    with psycopg.connect(database_url) as connection:
+        return connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+
+
+def start_workers(workers: int, broker: MosquittoProcess, pki: Path, work: Path, database_url: str) -> list[subprocess.Popen]:
+    processes = []
+    for index in range(workers):
+        log = work / f"ingest-{index}.log"
+        env = dict(os.environ)
+        env.update({
+            "EMQ_INGEST__PKI_DIR": str(pki), "EMQ_INGEST__DATA_DIR": str(work / "data"),
+            "EMQ_INGEST__DATABASE_URL": database_url, "EMQ_INGEST__MQTT__PORT": str(broker.settings.tls_port),
+            "EMQ_INGEST__WORKER_NAME": f"bench{index}", "EMQ_INGEST__MQTT__CLIENT_ID": f"ingest-bench-{uuid.uuid4().hex[:6]}",
+            # Sessions end with each run, so a finished run's session does not keep queuing the next run's stream.
+            "EMQ_INGEST__MQTT__SESSION_EXPIRY_S": "0", "EMQ_INGEST__MQTT__CLEAN_START": "true",
+        })
+        if workers > 1:
+            env["EMQ_INGEST__SHARED_GROUP"] = "bench"
+        processes.append(subprocess.Popen([shutil.which("emq-ingest") or str(Path(sys.executable).parent / "emq-ingest")],
+                                          env=env, stdout=log.open("w"), stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + 30
+        while "subscriptions active" not in log.read_text():
+            if time.monotonic() > deadline or processes[-1].poll() is not None:
+                raise RuntimeError(f"ingest worker did not start:\n{log.read_text()}")
+            time.sleep(0.05)
+    return processes
+
+
+def measure_ingest(workers: int, broker, pki, topics, stream: Stream, publisher, database_url: str, work: Path) -> tuple[float, float]:
+    processes = start_workers(workers, broker, pki, work, database_url)
+    try:
+        started = publish_stream(publisher, topics, stream)
+        deadline = time.monotonic() + TIMEOUT_S
+        while count_rows(database_url, "results") < len(stream.results):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {count_rows(database_url, 'results')} of {len(stream.results)} stored")
+            time.sleep(0.02)
+        elapsed = time.perf_counter() - started
+        return len(stream.results) / elapsed, count_rows(database_url, "frames") / elapsed
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(30)
+
+
+def postgres_database() -> tuple[str, str] | None:
+    try:
+        import psycopg
+
+        admin = "postgresql://postgres@127.0.0.1:5432/postgres"
+        name = f"emq_bench_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(admin, autocommit=True, connect_timeout=3) as connection:
+            connection.execute(f"CREATE DATABASE {name}")
+        return f"postgresql://postgres@127.0.0.1:5432/{name}", name
+    except Exception as error:
+        print(f"PostgreSQL skipped: {error}")
+        return None
+
+
+def drop_postgres(name: str) -> None:
+    import psycopg
+
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as connection:
+        connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=int, default=5000)
+    parser.add_argument("--frames", type=int, default=500)
+    parser.add_argument("--record-frames", type=int, default=120)
+    parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    stream = build_stream(record(args.record_frames), args.results, args.frames)
+    print(f"stream: {len(stream.results)} results ({stream.result_bytes / len(stream.results) / 1024:.1f} KiB each), {len(stream.frames)} frames", flush=True)
+    figures: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="emq-bench-") as temporary:
+        work = Path(temporary)
+        pki = work / "pki"
+        init_pki(pki, devices=[DEVICE])
+        from tests.conftest import free_port
+
+        settings = BrokerSettings(pki_dir=pki, state_dir=work / "broker", bind_address="127.0.0.1", tls_port=free_port(), password_port=None)
+        topics = Topics()
+        with MosquittoProcess(settings) as broker:
+            publisher = MqttClient(pki_mqtt_settings(pki, DEVICE, port=settings.tls_port, client_id="bench-publisher", max_inflight=1000)).start()
+            if not publisher.wait_connected(10):
+                raise RuntimeError(f"publisher cannot connect: {publisher.last_error}")
+            figures["ceiling_mosquitto_sub_results_per_s"] = measure_ceiling(broker, pki, topics, stream, publisher)
+            print(f"  ceiling (mosquitto_sub): {figures['ceiling_mosquitto_sub_results_per_s']:.0f} results/s", flush=True)
+            runs = [("sqlite_1_worker", 1, f"sqlite:///{work / 'one.db'}"), ("sqlite_2_workers", 2, f"sqlite:///{work / 'two.db'}")]
+            postgres = None if args.no_postgres else postgres_database()
+            if postgres:
+                runs.append(("postgresql_1_worker", 1, postgres[0]))
+            try:
+                for name, workers, url in runs:
+                    shutil.rmtree(work / "data", ignore_errors=True)
+                    results_rate, frames_rate = measure_ingest(workers, broker, pki, topics, stream, publisher, url, work)
+                    figures[f"{name}_results_per_s"] = results_rate
+                    figures[f"{name}_frames_per_s"] = frames_rate
+                    print(f"  {name}: {results_rate:.0f} results/s stored, {frames_rate:.0f} frames/s", flush=True)
+            finally:
+                if postgres:
+                    drop_postgres(postgres[1])
+            publisher.stop(announce_stopped=False)
+
+    ceiling = figures["ceiling_mosquitto_sub_results_per_s"]
+    print()
+    print(f"{'run':<24}{'results/s':>12}{'frames/s':>10}{'of ceiling':>12}")
+    print(f"{'mosquitto_sub (ceiling)':<24}{ceiling:>12.0f}{'':>10}{'100 %':>12}")
+    for key in [key for key in figures if key.endswith("_results_per_s") and not key.startswith("ceiling")]:
+        name = key[: -len("_results_per_s")]
+        print(f"{name:<24}{figures[key]:>12.0f}{figures[name + '_frames_per_s']:>10.0f}{100 * figures[key] / ceiling:>11.0f} %")
+    ratio = figures["sqlite_1_worker_results_per_s"] / ceiling
+    print(f"\nSQLite, 1 worker: {100 * ratio:.0f} % of the ceiling (target >= 80 %): {'PASS' if ratio >= 0.8 else 'FAIL'}")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
