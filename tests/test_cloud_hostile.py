@@ -239,3 +239,15 @@ def test_retention_keeps_labelled_crops_and_caps_frames(tmp_path):
     assert store.crop_png(labelled_face.id).startswith(b"\x89PNG")
     assert store.label_progress() == (1, 1)  # one labelled crop left, the unlabelled one is gone
     store.close()
+
+
+def test_truncated_and_fake_jpeg_frames_are_quarantined(service):
+    whole = base64.b64decode(jpeg_b64())
+    service.process_batch([
+        message("emotion/devices/cam-a/frame", base64.b64encode(whole[: len(whole) // 2])),
+        message("emotion/devices/cam-a/frame", base64.b64encode(b"\xff\xd8\xff\xe0" + b"\x00" * 64 + b"\xff\xd9")),
+        message("emotion/devices/cam-a/frame", base64.b64encode(whole)),
+    ])
+    reasons = [row.reason for row in service.store.quarantined()]
+    assert len(reasons) == 2 and all("JPEG" in reason for reason in reasons)
+    assert service.store.counts()["frames"] == 1
