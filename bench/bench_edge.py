@@ -7,9 +7,12 @@ Run pinned to one core, as on a busy Jetson::
 Each side runs in its own subprocess, so the peak RSS of ours is measured in
 a process that never imports TensorFlow (``fer`` needs it):
 
-* ours: decode -> PerceptionPipeline.process (detect, classify, draw) ->
-  encode (JPEG + base64 of the annotated frame, PNG + base64 of each face
-  crop) -> publish (optional hook, see ``--publish``);
+* ours: the real edge agent (``edge.agent.EdgeAgent``) on the video,
+  publishing over TLS to this repo's Mosquitto (started by the benchmark on
+  a free port with a PKI made for the run): decode -> detect -> classify ->
+  draw -> encode (JPEG + base64 of every annotated frame, PNG crops) ->
+  publish (result into the on-disk outbox, QoS 1 via the forwarder; frame
+  QoS 0). ``--no-broker`` times the perception pipeline alone instead;
 * fer:  decode -> ``fer.fer.FER(mtcnn=False).detect_emotions(frame)``.
 
 Reported: mean ms per stage, frames/s, the ratio ours/fer (end to end, both
@@ -19,17 +22,15 @@ matched faces, and each side's peak RSS. ``fer`` is a benchmark-only
 dependency: ``pip install --no-deps fer==25.10.3`` (everything it imports is
 already in the dev environment).
 
-Publish hook (for the lead): ``--publish some.module:make_publisher``
-imports ``make_publisher`` and calls it once with no arguments (connect to
-the broker there); it must return ``publish(jpeg_b64: bytes, result: dict)``,
-which is then called once per frame and timed as the "publish" stage.
+Stage times come from the agent's own per-stage clock (what its stats
+message reports); frames/s is measured on the wall clock around the frame
+loop, so everything the agent does per frame counts.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import importlib
 import json
 import os
 import resource
@@ -37,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,6 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 if str(REPOSITORY) not in sys.path:
     sys.path.insert(0, str(REPOSITORY))  # run as a script from anywhere, without installing the package
 
-PublishFunction = Callable[[bytes, dict], None]
 OUR_STAGES = ("decode", "detect", "classify", "draw", "encode", "publish")
 RECALL_IOU = 0.5
 TARGET_RATIO = 6.0
@@ -91,46 +91,12 @@ def first_frame(video: str) -> Any:
 # -- our side -------------------------------------------------------------------------------
 
 
-def load_publisher(spec: str | None) -> PublishFunction | None:
-    """PUBLISH HOOK: ``module:factory`` -> factory() -> publish(jpeg_b64, result). None: no publishing."""
-    if not spec:
-        return None
-    module_name, _, factory_name = spec.partition(":")
-    if not factory_name:
-        raise SystemExit(f"--publish expects module:factory, got {spec!r}")
-    factory = getattr(importlib.import_module(module_name), factory_name)
-    publish = factory()
-    if not callable(publish):
-        raise SystemExit(f"{spec}() must return a callable publish(jpeg_b64: bytes, result: dict)")
-    return publish
-
-
-def result_message(frame_number: int, analysis: Any, crops_png_b64: list[str]) -> dict:
-    """A plain dict of one frame's results, what the publish hook receives (the agent builds the real message)."""
-    return {
-        "frame_number": frame_number,
-        "faces": [
-            {
-                "box": list(face.box),
-                "probabilities": [round(float(value), 5) for value in face.probabilities],
-                "label": face.label,
-                "confidence": round(face.confidence, 5),
-                "track_id": face.track_id,
-                "crop_png_b64": crop,
-            }
-            for face, crop in zip(analysis.faces, crops_png_b64)
-        ],
-        "timings_ms": analysis.timings_ms,
-    }
-
-
 def run_ours(arguments: argparse.Namespace) -> dict:
     """Time our pipeline stage by stage; never imports TensorFlow."""
     from edge.perception import PerceptionPipeline, encode_jpeg, encode_png
     from edge.perception.model_loader import load_emotion_model
 
     model = load_emotion_model(arguments.model, num_threads=arguments.threads)
-    publish = load_publisher(arguments.publish)
     # Warm-up on a throwaway pipeline: LiteRT's first invoke builds its kernels.
     PerceptionPipeline(None, None, None, model).process(first_frame(arguments.video))
     pipeline = PerceptionPipeline(None, None, None, model)
@@ -144,10 +110,7 @@ def run_ours(arguments: argparse.Namespace) -> dict:
         started = time.perf_counter()
         jpeg_b64 = base64.b64encode(encode_jpeg(analysis.annotated, arguments.jpeg_quality, arguments.jpeg_max_width))
         crops = [base64.b64encode(encode_png(face.crop64)).decode("ascii") for face in analysis.faces]
-        encoded = time.perf_counter()
-        if publish is not None:
-            publish(jpeg_b64, result_message(frame_number, analysis, crops))
-        published = time.perf_counter()
+        encoded = published = time.perf_counter()
         stage_ms = dict(analysis.timings_ms, decode=decode_ms)
         stage_ms["encode"] = (encoded - started) * 1000.0
         stage_ms["publish"] = (published - encoded) * 1000.0
@@ -165,11 +128,71 @@ def run_ours(arguments: argparse.Namespace) -> dict:
         "frames": frames,
         "stage_ms": {stage: totals[stage] / max(frames, 1) for stage in OUR_STAGES},
         "full_detections": full_detections,
-        "publish_hook": arguments.publish,
+        "published_over_tls": False,
         "peak_rss_mb": peak_rss_mb(),
         "boxes": boxes,
         "labels": labels,
     }
+
+
+BENCH_DEVICE = "bench-cam"
+
+
+def run_agent(arguments: argparse.Namespace) -> dict:
+    """The real edge agent on the video, publishing to the benchmark's Mosquitto; never imports TensorFlow."""
+    from edge.agent import EdgeAgent
+    from edge.config import EdgeConfig
+    from edge.perception import PerceptionPipeline
+
+    with tempfile.TemporaryDirectory() as state:
+        publish = {"heartbeat_s": 0.0, "stats_interval_s": 1e6, "jpeg_quality": arguments.jpeg_quality}
+        if arguments.frame_fps is not None:
+            publish["frame_fps"] = arguments.frame_fps
+        if arguments.jpeg_max_width:
+            publish["frame_max_width"] = arguments.jpeg_max_width
+        config = EdgeConfig(
+            device_id=BENCH_DEVICE, pki_dir=Path(arguments.pki_dir), data_dir=Path(state),
+            mqtt={"host": "localhost", "port": arguments.broker_port, "reconnect_min_delay_s": 0.1},
+            source={"spec": str(arguments.video)}, model={"num_threads": arguments.threads}, publish=publish,
+        )
+        agent = EdgeAgent(config)
+        agent.start()
+        if not agent.client.wait_connected(10):
+            raise SystemExit(f"agent cannot reach the benchmark broker: {agent.client.last_error}")
+        # Warm-up on a throwaway pipeline: LiteRT's first invoke builds its kernels.
+        PerceptionPipeline(None, None, None, agent.model).process(first_frame(arguments.video))
+        boxes, labels = record_detections(agent)
+        started = time.perf_counter()
+        agent.process_frames()
+        elapsed = time.perf_counter() - started
+        drained = agent.forwarder.drain(60)
+        stage_ms = agent.clock.means().model_dump()
+        processed, published = agent.counters.processed, agent.forwarder.published
+        agent.stop()
+    heavy_modules = sorted(name for name in ("tensorflow", "keras") if name in sys.modules)
+    if heavy_modules:
+        raise SystemExit(f"the agent imported {heavy_modules}: its RSS figure would be meaningless")
+    return {
+        "side": "ours", "frames": processed, "stage_ms": stage_ms, "wall_fps": processed / elapsed,
+        "results_acknowledged": published, "outbox_drained": drained, "published_over_tls": True,
+        "full_detections": None, "peak_rss_mb": peak_rss_mb(), "boxes": boxes, "labels": labels,
+    }
+
+
+def record_detections(agent) -> tuple[list, list]:
+    """Keep each frame's boxes and labels for the recall comparison (a list append per frame)."""
+    boxes: list[list[list[int]]] = []
+    labels: list[list[str]] = []
+    process = agent.pipeline.process
+
+    def recording(frame):
+        analysis = process(frame)
+        boxes.append([list(face.box) for face in analysis.faces])
+        labels.append([face.label for face in analysis.faces])
+        return analysis
+
+    agent.pipeline.process = recording
+    return boxes, labels
 
 
 # -- fer's side -----------------------------------------------------------------------------
@@ -255,12 +278,13 @@ def compare(ours: dict, fer: dict) -> dict:
     our_analysis_ms = sum(ours["stage_ms"][stage] for stage in ("detect", "classify", "draw"))
     fer_total_ms = sum(fer["stage_ms"].values())
     fer_analysis_ms = fer["stage_ms"]["detect_emotions"]
+    ours_fps = ours.get("wall_fps") or 1000.0 / our_total_ms
     return {
-        "ours_fps_end_to_end": 1000.0 / our_total_ms,
+        "ours_fps_end_to_end": ours_fps,
         "ours_fps_analysis": 1000.0 / our_analysis_ms,
         "fer_fps_end_to_end": 1000.0 / fer_total_ms,
         "fer_fps_analysis": 1000.0 / fer_analysis_ms,
-        "ratio_end_to_end": fer_total_ms / our_total_ms,
+        "ratio_end_to_end": ours_fps / (1000.0 / fer_total_ms),
         "ratio_analysis": fer_analysis_ms / our_analysis_ms,
         "recall_vs_fer": matched / reference_total if reference_total else float("nan"),
         "recall_vs_fer_largest_face": largest_matched / frames_with_faces if frames_with_faces else float("nan"),
@@ -294,7 +318,9 @@ def worker_arguments(arguments: argparse.Namespace) -> list[str]:
         ("--model", arguments.model),
         ("--max-frames", arguments.max_frames),
         ("--jpeg-max-width", arguments.jpeg_max_width),
-        ("--publish", arguments.publish),
+        ("--broker-port", arguments.broker_port),
+        ("--frame-fps", arguments.frame_fps),
+        ("--pki-dir", arguments.pki_dir),
     ):
         if value is not None:
             forwarded += [option, str(value)]
@@ -308,14 +334,15 @@ def best_run(runs: list[dict]) -> dict:
 
 def print_table(ours: dict, fer: dict, comparison: dict, repeats: int) -> None:
     stage_ms = ours["stage_ms"]
-    print(f"frames: {ours['frames']} (best of {repeats} run(s) per side), full detections: {ours['full_detections']}")
+    print(f"frames: {ours['frames']} (best of {repeats} run(s) per side)"
+          + (f", results acknowledged by the broker: {ours['results_acknowledged']}" if ours.get("published_over_tls") else ""))
     print(f"{'stage (mean ms/frame)':<28}{'ours':>9}{'fer':>9}")
     print(f"{'decode':<28}{stage_ms['decode']:>9.2f}{fer['stage_ms']['decode']:>9.2f}")
     for stage in ("detect", "classify", "draw"):
         print(f"{stage:<28}{stage_ms[stage]:>9.2f}{'':>9}")
     print(f"{'  fer detect_emotions':<28}{'':>9}{fer['stage_ms']['detect_emotions']:>9.2f}")
-    print(f"{'encode (jpeg+b64, crops)':<28}{stage_ms['encode']:>9.2f}{'':>9}")
-    print(f"{'publish' + ('' if ours['publish_hook'] else ' (no hook)'):<28}{stage_ms['publish']:>9.2f}{'':>9}")
+    print(f"{'encode (frame jpeg+b64)':<28}{stage_ms['encode']:>9.2f}{'':>9}")
+    print(f"{'publish' + (' (TLS, outbox)' if ours['published_over_tls'] else ' (none)'):<28}{stage_ms['publish']:>9.2f}{'':>9}")
     print(f"{'fps end to end':<28}{comparison['ours_fps_end_to_end']:>9.1f}{comparison['fer_fps_end_to_end']:>9.1f}")
     print(f"{'fps analysis only':<28}{comparison['ours_fps_analysis']:>9.1f}{comparison['fer_fps_analysis']:>9.1f}")
     print(f"{'peak RSS MB':<28}{ours['peak_rss_mb']:>9.1f}{fer['peak_rss_mb']:>9.1f}")
@@ -350,10 +377,11 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jpeg-quality", type=int, default=80)
     parser.add_argument("--jpeg-max-width", type=int, help="shrink wider frames before JPEG encoding")
     parser.add_argument(
-        "--publish",
-        metavar="MODULE:FACTORY",
-        help="PUBLISH HOOK: factory() returns publish(jpeg_b64: bytes, result: dict), timed per frame",
+        "--frame-fps", type=float, help="annotated frames published per second (default: the agent's default; 240 = every frame)"
     )
+    parser.add_argument("--no-broker", action="store_true", help="time the perception pipeline alone (no agent, no MQTT)")
+    parser.add_argument("--broker-port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--pki-dir", help=argparse.SUPPRESS)
     parser.add_argument("--skip-fer", action="store_true", help="run our side only")
     parser.add_argument("--worker", choices=("ours", "fer"), help=argparse.SUPPRESS)
     parser.add_argument("--worker-output", type=Path, help=argparse.SUPPRESS)
@@ -364,9 +392,44 @@ def main(argv: list[str] | None = None) -> int:
     """Run both sides in subprocesses, print the table, optionally write JSON."""
     arguments = parse_arguments(argv)
     if arguments.worker:
-        figures = run_ours(arguments) if arguments.worker == "ours" else run_fer(arguments)
+        if arguments.worker == "fer":
+            figures = run_fer(arguments)
+        else:
+            figures = run_agent(arguments) if arguments.broker_port else run_ours(arguments)
         arguments.worker_output.write_text(json.dumps(figures))
         return 0
+    if arguments.no_broker:
+        return compare_sides(arguments)
+    with tempfile.TemporaryDirectory(prefix="emq-bench-edge-") as folder:
+        with benchmark_broker(Path(folder)) as broker:
+            keep_broker_off_our_core(broker.process.pid)
+            arguments.broker_port, arguments.pki_dir = broker.settings.tls_port, str(broker.settings.pki_dir)
+            return compare_sides(arguments)
+
+
+def keep_broker_off_our_core(broker_pid: int) -> None:
+    """The broker stands in for another machine: move it off the core the edge is pinned to."""
+    ours = os.sched_getaffinity(0)
+    others = set(range(os.cpu_count() or 1)) - ours
+    if others:
+        os.sched_setaffinity(broker_pid, others)
+
+
+def benchmark_broker(folder: Path):
+    """This repo's Mosquitto config on a free port, with a PKI made for this run."""
+    from broker.config import BrokerSettings
+    from broker.identities import init_pki
+    from broker.runner import MosquittoProcess
+    from tests.conftest import free_port
+
+    init_pki(folder / "pki", devices=[BENCH_DEVICE])
+    settings = BrokerSettings(
+        pki_dir=folder / "pki", state_dir=folder / "broker", bind_address="127.0.0.1", tls_port=free_port(), password_port=None
+    )
+    return MosquittoProcess(settings)
+
+
+def compare_sides(arguments: argparse.Namespace) -> int:
     our_runs: list[dict] = []
     fer_runs: list[dict] = []
     for _ in range(max(arguments.repeat, 1)):

@@ -173,12 +173,13 @@ class EdgeAgent:
     def run(self) -> None:
         self.start()
         try:
-            self._loop()
+            self.process_frames()
         finally:
             self.stop()
 
     # -- the frame loop -------------------------------------------------------------
-    def _loop(self) -> None:
+    def process_frames(self) -> None:
+        """Process the source until it ends or a stop is requested (after :meth:`start`)."""
         frames = iter(self.source)
         while not self.stop_event.is_set():
             self._handle_commands()

@@ -51,7 +51,7 @@ class ProcessingSettings(StrictSettings):
 
 
 class PublishSettings(StrictSettings):
-    frame_fps: Annotated[float, Field(ge=0, le=60)] = Field(default=5.0, description="Annotated frames per second to publish (0 = none).")
+    frame_fps: Annotated[float, Field(ge=0, le=240)] = Field(default=5.0, description="Annotated frames per second to publish (0 = none).")
     jpeg_quality: Annotated[int, Field(ge=10, le=100)] = 80
     frame_max_width: Annotated[int, Field(ge=64, le=4096)] | None = Field(default=640, description="Downscale published frames to this width.")
     include_crops: bool = Field(default=True, description="Attach each face's 64x64 grey crop (PNG) to results, for retraining.")
