@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job on one machine: set everything up, then run the broker and an
-# edge agent on a sample video (cloud ingest and the web UI join here as they land).
+# The main job on one machine: set everything up, then run the broker, the
+# cloud ingest (SQLite + files under var/cloud) and an edge agent on a sample video.
 # Ctrl-C stops everything cleanly. Logs: var/log/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,9 +23,12 @@ done
 
 pids=()
 cleanup() {
+  # Reverse start order: the edge flushes its outbox while ingest and broker still run.
   trap - EXIT INT TERM
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    kill -TERM "${pids[i]}" 2>/dev/null || true
+    wait "${pids[i]}" 2>/dev/null || true
+  done
 }
 trap cleanup EXIT INT TERM
 
@@ -34,9 +37,13 @@ pids+=($!)
 "$BIN/python" -c 'from broker.runner import wait_for_port; wait_for_port("127.0.0.1", 8883, 10)' \
   || { echo "broker did not start; see var/log/broker.log" >&2; exit 1; }
 
+"$BIN/emq-ingest" >var/log/ingest.log 2>&1 &
+pids+=($!)
+
 cat <<INFO
 
   Broker:  mqtts://localhost:8883 (client certificates), :8884 (passwords)   log: var/log/broker.log
+  Ingest:  var/cloud/emotion.db (SQLite), frames under var/cloud/data   log: var/log/ingest.log
   Edge:    device '$DEVICE' on $SOURCE (looping)
 
   Watch the results in another terminal:
