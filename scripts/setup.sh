@@ -31,7 +31,7 @@ install_system_packages() {
 install_python_packages() {
   [[ -x "$VENV/bin/python" ]] || { log "creating virtualenv $VENV"; "$PYTHON" -m venv "$VENV"; }
   local extras="edge,webui,train,demo"
-  ((WITH_TESTS)) && extras="$extras,test"
+  ((WITH_TESTS)) && extras="$extras,test,postgres"
   local stamp="$VENV/.installed-$extras-$(sha256sum pyproject.toml | cut -c1-16)"
   if [[ ! -f "$stamp" ]]; then
     log "installing Python packages [$extras] (first run downloads TensorFlow for the model conversion)"

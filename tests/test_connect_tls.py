@@ -104,6 +104,7 @@ def test_client_refuses_a_broker_from_another_ca(client_settings, foreign_pki_di
     assert not connected
 
 
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
 def test_tls_below_1_2_is_refused(broker, pki_dir):
     context = ssl.create_default_context(cafile=str(PkiPaths(pki_dir).ca_cert))
     context.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
