@@ -11,19 +11,15 @@ distinct ``--worker-name``s. Exit codes: 0 on SIGINT/SIGTERM, 2 bad config,
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import signal
 import sys
-import threading
 from pathlib import Path
 
 from cloud.config import ENV_PREFIX, IngestConfig
 from cloud.db import DatabaseError
 from cloud.ingest import IngestService
-from common.config import ConfigError, load_config
+from common.cli import configure_logging, load_or_exit, print_config, stop_on_signals
 
-EXIT_CONFIG, EXIT_DATABASE = 2, 3
+EXIT_DATABASE = 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,19 +40,12 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("paho").setLevel(logging.WARNING)
-    try:
-        config = load_config(IngestConfig, args.config, env_prefix=ENV_PREFIX, overrides=_overrides(args))
-    except ConfigError as error:
-        print(f"emq-ingest: {error}", file=sys.stderr)
-        return EXIT_CONFIG
+    configure_logging(args.verbose)
+    config = load_or_exit(IngestConfig, args.config, ENV_PREFIX, _overrides(args), "emq-ingest")
     if args.print_config:
-        print(json.dumps(config.model_dump(mode="json"), indent=2))
+        print_config(config)
         return 0
-    stop_event = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop_event.set())
+    stop_event = stop_on_signals("cloud")
     try:
         IngestService(config, stop_event).run()
     except DatabaseError as error:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from pydantic import Field, model_validator
 
-from comms.settings import MqttSettings, TlsSettings
+from comms.settings import MqttSettings, apply_identity_defaults
 from common.config import StrictSettings
 
 ENV_PREFIX = "EMQ_INGEST__"
@@ -42,14 +42,7 @@ class IngestConfig(StrictSettings):
 
     @model_validator(mode="after")
     def _fill_derived(self) -> "IngestConfig":
-        if self.mqtt.tls is None and self.mqtt.username is None:
-            self.mqtt.tls = TlsSettings(
-                ca_file=self.pki_dir / "ca.crt",
-                cert_file=self.pki_dir / "clients" / f"{IDENTITY}.crt",
-                key_file=self.pki_dir / "clients" / f"{IDENTITY}.key",
-            )
-        if self.mqtt.client_id is None:
-            self.mqtt.client_id = f"{IDENTITY}-{self.worker_name}"
+        apply_identity_defaults(self.mqtt, self.pki_dir, IDENTITY, client_id=f"{IDENTITY}-{self.worker_name}")
         # A fixed client id with a persistent session: what arrives while we are
         # down (or unacknowledged when we die) is delivered when we come back.
         if "clean_start" not in self.mqtt.model_fields_set:

@@ -3,8 +3,8 @@
 Each component (broker, edge, cloud, web UI, retraining) has one pydantic
 model whose sections forbid unknown keys. ``EMQ_EDGE__MQTT__PORT=8884``
 overrides ``[mqtt] port`` of the edge config (double underscore = nesting);
-values are read as JSON when they parse (numbers, booleans, lists), else as
-text. Every problem is reported at once, with where the value came from.
+lists and tables are given as JSON, everything else as text that pydantic
+converts to the field's type. Every problem is reported at once, with where the value came from.
 """
 
 from __future__ import annotations
@@ -40,10 +40,14 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 
 def _parse_env_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
+    """Lists and tables as JSON; anything else stays text and pydantic converts it
+    to the field's type ("8884" -> 8884 for an int, but "7" stays "7" for a name)."""
+    if text.lstrip()[:1] in ("[", "{"):
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
+    return text
 
 
 def env_overrides(prefix: str, environ: Mapping[str, str] | None = None) -> tuple[dict[str, Any], dict[tuple, str]]:

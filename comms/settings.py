@@ -71,6 +71,23 @@ class MqttSettings(StrictSettings):
         return None
 
 
+def apply_identity_defaults(settings: MqttSettings, pki_dir: Path, identity: str, client_id: str) -> MqttSettings:
+    """Fill what a component left unset: the certificate `emq-pki` issued for ``identity`` and a fixed client id.
+
+    Called by each component's config after validation, so a default install
+    needs no MQTT settings at all; explicit TLS or password settings win.
+    """
+    if settings.tls is None and settings.username is None:
+        settings.tls = TlsSettings(
+            ca_file=pki_dir / "ca.crt",
+            cert_file=pki_dir / "clients" / f"{identity}.crt",
+            key_file=pki_dir / "clients" / f"{identity}.key",
+        )
+    if settings.client_id is None:
+        settings.client_id = client_id
+    return settings
+
+
 def pki_mqtt_settings(pki_dir: Path, identity: str, *, host: str = "localhost", port: int = 8883, **overrides) -> MqttSettings:
     """Settings for ``identity`` using the files ``emq-pki`` writes into ``pki_dir``."""
     tls = TlsSettings(

@@ -11,20 +11,16 @@ Settings: TOML file, then ``EMQ_EDGE__*`` environment variables (e.g.
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import signal
 import sys
-import threading
 from pathlib import Path
 
-from common.config import ConfigError, load_config
+from common.cli import configure_logging, load_or_exit, print_config, stop_on_signals
 from edge.agent import EdgeAgent
 from edge.config import ENV_PREFIX, EdgeConfig
 from edge.model import ModelUnavailable
 from edge.sources import SourceError
 
-EXIT_CONFIG, EXIT_MODEL, EXIT_SOURCE = 2, 3, 4
+EXIT_MODEL, EXIT_SOURCE = 3, 4
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,32 +51,14 @@ def _overrides(args: argparse.Namespace) -> dict:
     return overrides
 
 
-def _install_signal_handlers(stop_event: threading.Event) -> None:
-    def request_stop(signum, _frame) -> None:
-        logging.getLogger("edge").info("received %s: stopping", signal.Signals(signum).name)
-        stop_event.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("paho").setLevel(logging.WARNING)
-    try:
-        config = load_config(EdgeConfig, args.config, env_prefix=ENV_PREFIX, overrides=_overrides(args))
-    except ConfigError as error:
-        print(f"emq-edge: {error}", file=sys.stderr)
-        return EXIT_CONFIG
+    configure_logging(args.verbose)
+    config = load_or_exit(EdgeConfig, args.config, ENV_PREFIX, _overrides(args), "emq-edge")
     if args.print_config:
-        print(json.dumps(config.model_dump(mode="json"), indent=2))
+        print_config(config)
         return 0
-    stop_event = threading.Event()
-    _install_signal_handlers(stop_event)
+    stop_event = stop_on_signals("edge")
     try:
         EdgeAgent(config, stop_event).run()
     except ModelUnavailable as error:

@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from comms.settings import MqttSettings, TlsSettings
+from comms.settings import MqttSettings, apply_identity_defaults
 from common.config import StrictSettings
 from contract.topics import DEVICE_ID_PATTERN, RESERVED_IDENTITIES
 from edge.perception.settings import AnnotationSettings, ClassificationSettings, DetectionSettings, TrackingSettings
@@ -95,15 +95,7 @@ class EdgeConfig(StrictSettings):
     def _fill_derived(self) -> "EdgeConfig":
         if self.device_id in RESERVED_IDENTITIES:
             raise ValueError(f"device_id {self.device_id!r} is reserved for a service")
-        if self.mqtt.tls is None and self.mqtt.username is None:
-            # Default: the certificate `emq-pki add <device_id>` issued.
-            self.mqtt.tls = TlsSettings(
-                ca_file=self.pki_dir / "ca.crt",
-                cert_file=self.pki_dir / "clients" / f"{self.device_id}.crt",
-                key_file=self.pki_dir / "clients" / f"{self.device_id}.key",
-            )
-        if self.mqtt.client_id is None:
-            self.mqtt.client_id = self.device_id
+        apply_identity_defaults(self.mqtt, self.pki_dir, self.device_id, client_id=self.device_id)
         if self.outbox.path is None:
             self.outbox.path = self.data_dir / self.device_id / "outbox.db"
         return self

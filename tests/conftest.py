@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -100,6 +101,17 @@ def subscribe_and_wait(client: MqttClient, topic_filter: str, collector: Collect
     delivery = client.subscribe(topic_filter, collector)
     assert delivery is not None and delivery.wait(WAIT_S), f"no SUBACK for {topic_filter}"
     return collector
+
+
+@pytest.fixture
+def spawned() -> Iterator[list[subprocess.Popen]]:
+    """Processes a test starts (agents, ingest workers, servers); any still running are killed at teardown."""
+    processes: list[subprocess.Popen] = []
+    yield processes
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
 
 
 @pytest.fixture(scope="session")

@@ -19,22 +19,12 @@ from tests.conftest import WAIT_S, wait_until
 STREAM_WAIT_S = 60.0
 
 
-@pytest.fixture
-def ingests(tmp_path):
-    processes: list[subprocess.Popen] = []
-    yield processes
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
-
-
-def launch(ingests, env, tmp_path, name: str = "ingest", *arguments: str, wait: bool = True) -> subprocess.Popen:
+def launch(spawned, env, tmp_path, name: str = "ingest", *arguments: str, wait: bool = True) -> subprocess.Popen:
     """Start an ingest worker; by default wait until its subscriptions are acknowledged."""
     log_path = tmp_path / f"{name}.log"
     already = log_path.read_text().count("subscriptions active") if log_path.exists() else 0
     process = start_ingest(env, log_path, *arguments)
-    ingests.append(process)
+    spawned.append(process)
     if wait:
         assert wait_until(lambda: log_path.read_text().count("subscriptions active") > already, WAIT_S), log_of(tmp_path, name)
     return process
@@ -49,9 +39,9 @@ def stored_count(store: Store, table: str = "results") -> int:
     return store.counts()[table]
 
 
-def test_results_frames_status_and_stats_are_stored(broker, pki_dir, tmp_path, database_url, mqtt_client, topics, ingests):
+def test_results_frames_status_and_stats_are_stored(broker, pki_dir, tmp_path, database_url, mqtt_client, topics, spawned):
     data_dir = tmp_path / "data"
-    launch(ingests, ingest_env(pki_dir, broker.settings.tls_port, data_dir, database_url), tmp_path)
+    launch(spawned, ingest_env(pki_dir, broker.settings.tls_port, data_dir, database_url), tmp_path)
     store = Store(database_url)
     device = mqtt_client("cam-a")
 
@@ -75,8 +65,8 @@ def test_results_frames_status_and_stats_are_stored(broker, pki_dir, tmp_path, d
     store.close()
 
 
-def test_redelivered_result_is_stored_once(broker, pki_dir, tmp_path, database_url, mqtt_client, topics, ingests):
-    launch(ingests, ingest_env(pki_dir, broker.settings.tls_port, tmp_path / "data", database_url), tmp_path)
+def test_redelivered_result_is_stored_once(broker, pki_dir, tmp_path, database_url, mqtt_client, topics, spawned):
+    launch(spawned, ingest_env(pki_dir, broker.settings.tls_port, tmp_path / "data", database_url), tmp_path)
     store = Store(database_url)
     device = mqtt_client("cam-a")
     first, second = factories.result(seq=1), factories.result(seq=2)
@@ -88,11 +78,11 @@ def test_redelivered_result_is_stored_once(broker, pki_dir, tmp_path, database_u
     store.close()
 
 
-def test_stream_survives_ingest_kills_and_a_broker_restart(broker, pki_dir, tmp_path, mqtt_client, topics, ingests):
+def test_stream_survives_ingest_kills_and_a_broker_restart(broker, pki_dir, tmp_path, mqtt_client, topics, spawned):
     """2,000 results; the ingest is SIGKILLed twice and the broker restarted once: each stored exactly once."""
     database = f"sqlite:///{tmp_path / 'cloud.db'}"
     env = ingest_env(pki_dir, broker.settings.tls_port, tmp_path / "data", database)
-    ingest = launch(ingests, env, tmp_path)
+    ingest = launch(spawned, env, tmp_path)
     store = Store(database)
     device = mqtt_client("cam-a")
     results = [factories.result(seq=seq, faces=[factories.face(1, seed=seq)]) for seq in range(2000)]
@@ -106,7 +96,7 @@ def test_stream_survives_ingest_kills_and_a_broker_restart(broker, pki_dir, tmp_
     ingest.send_signal(signal.SIGKILL)  # first kill, mid-stream
     ingest.wait(WAIT_S)
     publish(500, 900)
-    ingest = launch(ingests, env, tmp_path, wait=False)
+    ingest = launch(spawned, env, tmp_path, wait=False)
     assert wait_until(lambda: stored_count(store) >= 700, STREAM_WAIT_S), log_of(tmp_path)
 
     broker.restart()  # sessions and queued messages persist
@@ -116,7 +106,7 @@ def test_stream_survives_ingest_kills_and_a_broker_restart(broker, pki_dir, tmp_
     ingest.wait(WAIT_S)
     publish(1500, 2000)
     assert all(delivery.wait(STREAM_WAIT_S) and delivery.acknowledged for delivery in deliveries)
-    launch(ingests, env, tmp_path, wait=False)
+    launch(spawned, env, tmp_path, wait=False)
 
     assert wait_until(lambda: stored_count(store) >= 2000, STREAM_WAIT_S), f"{stored_count(store)} stored\n{log_of(tmp_path)[-3000:]}"
     seqs = [row[0] for row in store.db.query("SELECT seq FROM results ORDER BY seq")]
@@ -127,17 +117,17 @@ def test_stream_survives_ingest_kills_and_a_broker_restart(broker, pki_dir, tmp_
 
 
 @pytest.mark.parametrize("workers", [2])
-def test_shared_subscription_workers_store_a_stream_once(broker, pki_dir, tmp_path, database_url, mqtt_client, topics, ingests, workers):
+def test_shared_subscription_workers_store_a_stream_once(broker, pki_dir, tmp_path, database_url, mqtt_client, topics, spawned, workers):
     names = [f"w{index}" for index in range(workers)]
     for name in names:
         env = ingest_env(pki_dir, broker.settings.tls_port, tmp_path / "data", database_url, WORKER_NAME=name, SHARED_GROUP="ingest")
-        launch(ingests, env, tmp_path, name)
+        launch(spawned, env, tmp_path, name)
     store = Store(database_url)
     device = mqtt_client("cam-a")
     deliveries = [device.publish(topics.result("cam-a"), factories.result(seq=seq).to_json(), qos=1) for seq in range(1000)]
     assert all(delivery.wait(STREAM_WAIT_S) for delivery in deliveries)
     assert wait_until(lambda: stored_count(store) == 1000, STREAM_WAIT_S)
-    for process in ingests:
+    for process in spawned:
         process.send_signal(signal.SIGTERM)
         assert process.wait(WAIT_S) == 0
     per_worker = [totals_of(log_of(tmp_path, name)) for name in names]

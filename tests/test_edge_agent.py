@@ -23,26 +23,15 @@ OUTAGE_S = 10.0
 
 
 @pytest.fixture
-def agents():
-    """Every agent process started by a test is killed at teardown."""
-    processes: list[subprocess.Popen] = []
-    yield processes
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
-
-
-@pytest.fixture
 def persistent_ingest(mqtt_client, topics):
     """A subscriber that never misses a QoS 1 result, even across broker restarts."""
     client = mqtt_client("ingest", client_id="test-ingest", clean_start=False, session_expiry_s=600)
     return subscribe_and_wait(client, topics.all_devices(Channel.RESULT))
 
 
-def run_agent(agents, env, tmp_path, *arguments) -> subprocess.Popen:
+def run_agent(spawned, env, tmp_path, *arguments) -> subprocess.Popen:
     process = start_agent(env, tmp_path / "agent.log", *arguments)
-    agents.append(process)
+    spawned.append(process)
     return process
 
 
@@ -51,14 +40,14 @@ def agent_log(tmp_path) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
 
 
-def test_every_processed_frame_yields_a_valid_result_in_order(broker, pki_dir, tmp_path, mqtt_client, topics, agents):
+def test_every_processed_frame_yields_a_valid_result_in_order(broker, pki_dir, tmp_path, mqtt_client, topics, spawned):
     video = media_file("woman2.mp4")
     monitor = mqtt_client("monitor")
     results = subscribe_and_wait(monitor, topics.result("cam-a"))
     frames = subscribe_and_wait(monitor, topics.frame("cam-a"))
     stats = subscribe_and_wait(monitor, topics.stats("cam-a"))
     env = agent_env(pki_dir, broker.settings.tls_port, tmp_path / "edge", PUBLISH__HEARTBEAT_S="0.000001", PUBLISH__FRAME_FPS="30")
-    process = run_agent(agents, env, tmp_path, "--source", str(video))
+    process = run_agent(spawned, env, tmp_path, "--source", str(video))
     assert process.wait(AGENT_TIMEOUT_S) == 0, agent_log(tmp_path)
 
     total_frames = int(cv2.VideoCapture(str(video)).get(cv2.CAP_PROP_FRAME_COUNT))
@@ -105,20 +94,20 @@ def assert_faces_drawn(video, frame_number: int, annotated_rgb: np.ndarray, resu
     assert np.median(difference) < 20, "the frame differs everywhere: not the same frame"
 
 
-def test_image_without_faces_gives_an_empty_result_and_exits_cleanly(broker, pki_dir, tmp_path, mqtt_client, topics, agents):
+def test_image_without_faces_gives_an_empty_result_and_exits_cleanly(broker, pki_dir, tmp_path, mqtt_client, topics, spawned):
     results = subscribe_and_wait(mqtt_client("monitor"), topics.result("cam-a"))
     env = agent_env(pki_dir, broker.settings.tls_port, tmp_path / "edge", PUBLISH__HEARTBEAT_S="0.000001")
-    process = run_agent(agents, env, tmp_path, "--source", str(media_file("no-faces.jpg")))
+    process = run_agent(spawned, env, tmp_path, "--source", str(media_file("no-faces.jpg")))
     assert process.wait(AGENT_TIMEOUT_S) == 0, agent_log(tmp_path)
     assert results.wait_for(lambda messages: len(messages) == 1)
     heartbeat = parse_result(results.messages[0].payload)
     assert heartbeat.faces == [] and heartbeat.emotion_text is None
 
 
-def test_broker_outage_loses_nothing(broker, pki_dir, tmp_path, persistent_ingest, agents):
+def test_broker_outage_loses_nothing(broker, pki_dir, tmp_path, persistent_ingest, spawned):
     data_dir = tmp_path / "edge"
     env = agent_env(pki_dir, broker.settings.tls_port, data_dir, SOURCE__PACE="true")
-    process = run_agent(agents, env, tmp_path, "--source", str(media_file("woman2.mp4")))
+    process = run_agent(spawned, env, tmp_path, "--source", str(media_file("woman2.mp4")))
     assert persistent_ingest.wait_for(lambda messages: len(messages) >= 30), agent_log(tmp_path)
 
     broker.stop()
@@ -139,11 +128,11 @@ def test_broker_outage_loses_nothing(broker, pki_dir, tmp_path, persistent_inges
     assert_complete_once(persistent_ingest.messages, produced)
 
 
-def test_sigkill_while_offline_then_restart_replays_the_outbox(broker, pki_dir, tmp_path, persistent_ingest, agents):
+def test_sigkill_while_offline_then_restart_replays_the_outbox(broker, pki_dir, tmp_path, persistent_ingest, spawned):
     data_dir = tmp_path / "edge"
     video = str(media_file("woman2.mp4"))
     env = agent_env(pki_dir, broker.settings.tls_port, data_dir, SOURCE__PACE="true")
-    first = run_agent(agents, env, tmp_path, "--source", video)
+    first = run_agent(spawned, env, tmp_path, "--source", video)
     assert persistent_ingest.wait_for(lambda messages: len(messages) >= 20), agent_log(tmp_path)
 
     broker.stop()
@@ -153,7 +142,7 @@ def test_sigkill_while_offline_then_restart_replays_the_outbox(broker, pki_dir, 
     stranded = outbox_depth(data_dir)
     broker.start()
 
-    second = run_agent(agents, agent_env(pki_dir, broker.settings.tls_port, data_dir), tmp_path, "--source", str(media_file("justin.jpg")))
+    second = run_agent(spawned, agent_env(pki_dir, broker.settings.tls_port, data_dir), tmp_path, "--source", str(media_file("justin.jpg")))
     assert second.wait(AGENT_TIMEOUT_S) == 0, agent_log(tmp_path)
     assert outbox_depth(data_dir) == 0
     produced = produced_count(data_dir)
@@ -163,9 +152,9 @@ def test_sigkill_while_offline_then_restart_replays_the_outbox(broker, pki_dir, 
     assert_complete_once(persistent_ingest.messages, produced)
 
 
-def test_commands_malformed_unauthorised_and_valid(broker, pki_dir, tmp_path, mqtt_client, topics, agents):
+def test_commands_malformed_unauthorised_and_valid(broker, pki_dir, tmp_path, mqtt_client, topics, spawned):
     env = agent_env(pki_dir, broker.settings.tls_port, tmp_path / "edge", COMMANDS__ALLOWED='["ping", "pause", "resume", "set_fps", "snapshot"]')
-    process = run_agent(agents, env, tmp_path, "--source", str(media_file("woman2.mp4")), "--loop", "--pace")
+    process = run_agent(spawned, env, tmp_path, "--source", str(media_file("woman2.mp4")), "--loop", "--pace")
     webui = mqtt_client("webui")
     replies = subscribe_and_wait(webui, topics.command_reply("cam-a"))
     status = subscribe_and_wait(mqtt_client("monitor"), topics.status("cam-a"))

@@ -8,7 +8,9 @@ instead of silently running with a default.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from common.config import StrictSettings
 
 # Side in pixels of the detection window of OpenCV's frontal-face Haar cascade.
 # A face smaller than this in the (downscaled) detection image cannot be found.
@@ -17,11 +19,7 @@ HAAR_WINDOW_SIZE = 24
 BgrColor = tuple[int, int, int]
 
 
-class _StrictSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class DetectionSettings(_StrictSettings):
+class DetectionSettings(StrictSettings):
     """How faces are found: Haar cascade on a downscaled grey frame, plus local search around tracked faces."""
 
     cascade_path: str | None = Field(
@@ -154,7 +152,7 @@ class DetectionSettings(_StrictSettings):
         return self
 
 
-class TrackingSettings(_StrictSettings):
+class TrackingSettings(StrictSettings):
     """How detections are linked into per-face tracks across frames."""
 
     iou_match: float = Field(
@@ -187,7 +185,7 @@ class TrackingSettings(_StrictSettings):
         return self
 
 
-class ClassificationSettings(_StrictSettings):
+class ClassificationSettings(StrictSettings):
     """How face crops are cut from the frame before the emotion model."""
 
     crop_margin: float = Field(
@@ -201,7 +199,7 @@ class ClassificationSettings(_StrictSettings):
     )
 
 
-class AnnotationSettings(_StrictSettings):
+class AnnotationSettings(StrictSettings):
     """How results are drawn on the frame sent to the dashboard."""
 
     box_color: BgrColor = Field(default=(0, 200, 255), description="Face box colour, BGR.")
