@@ -326,6 +326,7 @@ class Stats(Message):
     model: ModelInfo
     source: Annotated[str, Field(max_length=512)]
     paused: bool
+    model_error: Annotated[str, Field(max_length=1024)] | None = Field(default=None, description="Why the last model release was refused, if it was.")
 
 
 # -- commands --------------------------------------------------------------

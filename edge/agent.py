@@ -36,7 +36,8 @@ from contract.validation import FrameMeta
 from edge.commands import CommandError, CommandInbox, execute
 from edge.config import EdgeConfig
 from edge.forwarder import Forwarder
-from edge.model import LoadedModel, load_model
+from edge.model import ModelSlot, ModelUnavailable, load_model
+from edge.model_updates import ModelUpdates
 from edge.outbox import Outbox, OutboxLimits
 from edge.perception.codec import encode_jpeg, encode_png
 from edge.perception.pipeline import FaceResult, FrameAnalysis, PerceptionPipeline
@@ -111,7 +112,8 @@ class EdgeAgent:
         self._last_progress_at = time.monotonic()
         self._next_due = 0.0
         self._interval_frames = 0
-        self.model: LoadedModel | None = None
+        self.model: ModelSlot | None = None
+        self.updates: ModelUpdates | None = None
         self.source: FrameSource | None = None
         self.outbox: Outbox | None = None
         self.client: MqttClient | None = None
@@ -122,7 +124,12 @@ class EdgeAgent:
     # -- start / stop ------------------------------------------------------------
     def start(self) -> None:
         """Flat start order; each step fails with a clear error before anything is sent."""
-        self.model = load_model(self.config.model.store, self.config.model.version, self.config.model.num_threads)
+        self.model = ModelSlot(load_model(self.config.model.store, self.config.model.version, self.config.model.num_threads))
+        self.updates = ModelUpdates(
+            self.topics, self.device_id, self.config.data_dir / self.device_id / "models", self.config.model.num_threads
+        )
+        if self.config.model.version is None:  # a pinned version wins over what was installed over the air
+            self.updates.restore(self.model)
         self.pipeline = PerceptionPipeline(
             self.config.detection, self.config.tracking, self.config.annotation, self.model, self.config.classification
         )
@@ -134,6 +141,7 @@ class EdgeAgent:
         )
         self.client = MqttClient(self.config.mqtt, availability=Availability(self.topics.status(self.device_id)))
         self.client.subscribe(self.topics.command(self.device_id), self.inbox.on_message, qos=1)
+        self.updates.subscribe(self.client)
         self.client.start()
         self.forwarder = Forwarder(self.outbox, self.client, self.config.outbox.window).start()
         log.info(
@@ -183,6 +191,7 @@ class EdgeAgent:
         frames = iter(self.source)
         while not self.stop_event.is_set():
             self._handle_commands()
+            self.updates.install_ready(self.model)
             if self.paused and not is_live(self.source):
                 self.stop_event.wait(0.05)
                 continue
@@ -294,6 +303,7 @@ class EdgeAgent:
             model=ModelInfo(name=self.model.name, version=self.model.version),
             source=self.source.description,
             paused=self.paused,
+            model_error=self.updates.last_error,
         )
 
     def _publish_stats_if_due(self) -> None:
@@ -354,7 +364,14 @@ class EdgeAgent:
         return {"snapshot": "next frame"}
 
     def _rollback_model(self, command: Command) -> dict:
-        raise CommandError("no previous model is loaded on this device")
+        rolled_back = self.model.current
+        try:
+            restored = self.model.rollback()
+        except ModelUnavailable as error:
+            raise CommandError(str(error)) from None
+        self.updates.block(rolled_back)  # or the retained release would install it again
+        self.updates.remember(self.model)
+        return {"model_version": restored.version}
 
     def _ping(self, command: Command) -> dict:
         return {"model_version": self.model.version, "paused": self.paused, "outbox_depth": self.outbox.depth()}
