@@ -166,7 +166,7 @@ def start_workers(workers: int, broker: MosquittoProcess, pki: Path, work: Path,
             "EMQ_INGEST__DATABASE_URL": database_url, "EMQ_INGEST__MQTT__PORT": str(broker.settings.tls_port),
             "EMQ_INGEST__WORKER_NAME": f"bench{index}", "EMQ_INGEST__MQTT__CLIENT_ID": f"ingest-bench-{uuid.uuid4().hex[:6]}",
             # Sessions end with each run, so a finished run's session does not keep queuing the next run's stream.
-            "EMQ_INGEST__MQTT__SESSION_EXPIRY_S": "0", "EMQ_INGEST__MQTT__CLEAN_START": "true",
+            "EMQ_INGEST__MQTT__SESSION_EXPIRY_S": "0", "EMQ_INGEST__MQTT__CLEAN_START": "true", "EMQ_INGEST__METRICS_PORT": "0",
         })
         if workers > 1:
             env["EMQ_INGEST__SHARED_GROUP"] = "bench"

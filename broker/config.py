@@ -34,7 +34,9 @@ class BrokerSettings(StrictSettings):
     max_packet_size: Annotated[int, Field(ge=64 * 1024, le=256 * MIB)] = 5 * MIB
     max_queued_messages: Annotated[int, Field(ge=0)] = Field(default=10000, description="Per client; beyond it Mosquitto drops silently.")
     max_queued_bytes: Annotated[int, Field(ge=0)] = 512 * MIB
-    max_inflight_messages: Annotated[int, Field(ge=1, le=65535)] = 100
+    max_inflight_messages: Annotated[int, Field(ge=1, le=65535)] = Field(
+        default=1000, description="QoS 1 messages in flight to one client; a consumer that acks after its commit needs a deep window."
+    )
     log_dest: str = Field(default="stdout", description="'stdout', 'stderr' or 'file <path>'.")
 
     @model_validator(mode="after")

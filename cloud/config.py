@@ -37,6 +37,8 @@ class IngestConfig(StrictSettings):
     batch_max: Annotated[int, Field(ge=1, le=10000)] = Field(default=200, description="Messages committed (and acknowledged) together.")
     batch_wait_ms: Annotated[float, Field(ge=0, le=5000)] = 20.0
     report_interval_s: Annotated[float, Field(gt=0)] = 30.0
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = Field(default=9310, description="Prometheus /metrics port; 0 disables it.")
+    metrics_address: str = Field(default="127.0.0.1", description="Address the metrics server binds (0.0.0.0 to let Prometheus scrape from elsewhere).")
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
 

@@ -29,6 +29,7 @@ import imageio.v3 as iio
 
 from cloud.config import IngestConfig
 from cloud.files import DataFolder, UnsafePath
+from cloud.metrics import IngestMetrics
 from cloud.retention import sweep
 from cloud.store import NewFrame, NewResult, Store, epoch
 from comms.mqtt import Message, MqttClient
@@ -97,6 +98,7 @@ class IngestService:
         self.topics = Topics(config.mqtt.topic_prefix)
         self.stop_event = stop_event or threading.Event()
         self.counters = IngestCounters()
+        self.metrics = IngestMetrics()
         self.inbox: queue.Queue[Message] = queue.Queue()
         self.store: Store | None = None
         self.files = DataFolder(config.data_dir)
@@ -118,6 +120,8 @@ class IngestService:
         for topic_filter in subscription_filters(self.topics, self.config.shared_group):
             self.client.subscribe(topic_filter, self.inbox.put, qos=1)
         self.client.start()
+        if self.config.metrics_port:
+            self.metrics.serve(self.config.metrics_port, self.config.metrics_address)
         log.info(
             "ingest %s: store %s, data %s, broker %s:%s%s", self.config.mqtt.client_id, self.store.db.url.redacted(),
             self.files.root, self.config.mqtt.host, self.config.mqtt.port,
@@ -187,6 +191,7 @@ class IngestService:
             return
 
     def process_batch(self, batch: list[Message]) -> None:
+        started = time.perf_counter()
         received_at = time.time()
         self._seen, self._pending = {}, []
         with self.store.transaction():
@@ -198,6 +203,14 @@ class IngestService:
         self.counters.stored["result"] += stored
         self.counters.duplicates += len(self._pending) - stored
         self.counters.batches += 1
+        self._update_metrics(stored, time.perf_counter() - started)
+
+    def _update_metrics(self, results_stored: int, seconds: float) -> None:
+        self.metrics.stored.labels("result").inc(results_stored)
+        self.metrics.duplicates.inc(len(self._pending) - results_stored)
+        self.metrics.batch_seconds.observe(seconds)
+        self.metrics.lag_seconds.set(self.counters.last_lag_s)
+        self.metrics.queue_depth.set(self.inbox.qsize())
 
     # -- one message ---------------------------------------------------------------------------
     def _process_one(self, message: Message, received_at: float) -> None:
@@ -229,6 +242,7 @@ class IngestService:
     def _quarantine(self, message: Message, reason: str, received_at: float, keep_whole: bool = False) -> None:
         self.store.quarantine(message.topic, reason, message.payload, received_at, keep_whole=keep_whole)
         self.counters.quarantined += 1
+        self.metrics.quarantined.inc()
         started, logged = self._quarantine_log_budget
         if time.monotonic() - started > 60:
             started, logged = time.monotonic(), 0
@@ -258,6 +272,7 @@ class IngestService:
         stamp = time.strftime("%H%M%S", time.gmtime(captured_at)) + f"{int(captured_at * 1000) % 1000:03d}"
         relative = self.files.relative_path("frames", device_id, captured_at, f"{stamp}-f{frame_number}.jpg")
         self.files.write(relative, jpeg)
+        self.metrics.stored.labels("frame").inc()
         self.store.add_frame(
             NewFrame(device_id, frame_number, captured_at, (meta.result_msg_id or None) if meta else None,
                      width, height, len(jpeg), relative.as_posix()),
@@ -266,10 +281,13 @@ class IngestService:
         self.counters.stored["frame"] += 1
 
     def _store_status(self, device_id: str, message: Message, received_at: float) -> None:
-        self.store.set_device_status(device_id, parse_status(message.payload), received_at)
+        status = parse_status(message.payload)
+        self.store.set_device_status(device_id, status, received_at)
+        self.metrics.set_status(device_id, status)
         self.counters.stored["status"] += 1
 
     def _store_stats(self, device_id: str, message: Message, received_at: float) -> None:
         stats = parse_stats(message.payload, expected_device=device_id)
         self.store.set_device_stats(device_id, stats.model_dump_json(by_alias=True), received_at)
+        self.metrics.bridge_stats(stats)
         self.counters.stored["stats"] += 1

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from contract.validation import FrameMeta
-from tests.conftest import console_script
+from tests.conftest import console_script, free_port
 
 POSTGRES_ADMIN_URL = os.environ.get("EMQ_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -75,6 +75,7 @@ def ingest_env(pki_dir: Path, port: int, data_dir: Path, database_url: str, **se
         "EMQ_INGEST__MQTT__RECONNECT_MIN_DELAY_S": "0.1",
         "EMQ_INGEST__MQTT__RECONNECT_MAX_DELAY_S": "0.5",
         "EMQ_INGEST__REPORT_INTERVAL_S": "1",
+        "EMQ_INGEST__METRICS_PORT": str(free_port()),
     })
     env.update({f"EMQ_INGEST__{key.upper()}": value for key, value in settings.items()})
     return env

@@ -7,6 +7,7 @@ import json
 import re
 import signal
 import subprocess
+import urllib.request
 
 import pytest
 
@@ -141,3 +142,32 @@ def totals_of(log_text: str) -> dict:
     """The last 'ingest totals' line a worker logged."""
     line = [line for line in log_text.splitlines() if "ingest totals:" in line][-1]
     return json.loads(line.split("ingest totals: ", 1)[1])
+
+
+def test_metrics_are_scraped_and_edge_stats_bridged(broker, pki_dir, tmp_path, mqtt_client, topics, spawned):
+    database = f"sqlite:///{tmp_path / 'cloud.db'}"
+    env = ingest_env(pki_dir, broker.settings.tls_port, tmp_path / "data", database)
+    launch(spawned, env, tmp_path)
+    store = Store(database)
+    device = mqtt_client("cam-a")
+    stats = {
+        "schema": "emotion.stats/1", "device_id": "cam-a", "sent_at": "2026-11-22T03:47:13.123Z", "uptime_s": 5, "fps": 12.5,
+        "frames_processed": 60, "frames_dropped": 2, "results_published": 58, "outbox_depth": 3, "outbox_dropped": 0,
+        "stage_ms": {"detect": 4.5}, "model": {"name": "m", "version": "1.0.0"}, "source": "file:x", "paused": False,
+    }
+    for payload, topic in ((factories.result(seq=1).to_json(), topics.result("cam-a")), (b"not json", topics.result("cam-a")),
+                           (json.dumps(stats).encode(), topics.stats("cam-a")), (b"online", topics.status("cam-a"))):
+        assert device.publish(topic, payload, qos=1).wait(WAIT_S)
+    assert wait_until(lambda: store.counts()["quarantine"] == 1 and store.devices() and store.devices()[0].last_stats)
+    url = f"http://127.0.0.1:{env['EMQ_INGEST__METRICS_PORT']}/metrics"
+
+    def scrape() -> str:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read().decode()
+
+    assert wait_until(lambda: 'emq_edge_online{device="cam-a"} 1.0' in scrape())
+    text = scrape()
+    assert 'emq_ingest_stored_total{kind="result"} 1.0' in text
+    assert "emq_ingest_quarantined_total 1.0" in text
+    assert 'emq_edge_fps{device="cam-a"} 12.5' in text and 'emq_edge_stage_ms{device="cam-a",stage="detect"} 4.5' in text
+    store.close()
