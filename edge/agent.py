@@ -41,12 +41,13 @@ from edge.model_updates import ModelUpdates
 from edge.outbox import Outbox, OutboxLimits
 from edge.perception.codec import encode_jpeg, encode_png
 from edge.perception.pipeline import FaceResult, FrameAnalysis, PerceptionPipeline
-from edge.sources import CameraSource, FrameSource, GStreamerSource, StreamSource, open_source
+from edge.sources import CameraSource, FrameSource, GStreamerSource, SourceError, StreamSource, open_source
 
 log = logging.getLogger(__name__)
 
 FRAME_EXPIRY_S = 10
 PROGRESS_LOG_S = 5.0
+RECONNECT_MIN_S, RECONNECT_MAX_S = 1.0, 30.0
 STAGES = ("decode", "detect", "classify", "draw", "encode", "publish")
 
 
@@ -198,14 +199,35 @@ class EdgeAgent:
             read_started = time.perf_counter()
             item = next(frames, None)
             if item is None:
-                log.info("end of input after %d frames", self.counters.processed)
-                return
+                if not is_live(self.source) or not self._reopen_live_source():
+                    log.info("end of input after %d frames", self.counters.processed)
+                    return
+                frames = iter(self.source)
+                continue
             decode_ms = (time.perf_counter() - read_started) * 1000.0
             if self._skip_frame():
                 continue
             self._process(*item, decode_ms=decode_ms)
             self._publish_stats_if_due()
             self._log_progress_if_due()
+
+    def _reopen_live_source(self) -> bool:
+        """A camera or stream that stops delivering is reopened with backoff, until it works or we stop."""
+        self.source.close()
+        delay = RECONNECT_MIN_S
+        while not self.stop_event.is_set():
+            log.warning("source %s stopped delivering frames; reopening in %.0f s", self.source.description, delay)
+            if self.stop_event.wait(delay):
+                return False
+            try:
+                self.source = self._open_source()
+            except SourceError as error:
+                log.warning("cannot reopen the source: %s", error)
+                delay = min(delay * 2, RECONNECT_MAX_S)
+                continue
+            self.pipeline.reset()  # tracks from before the gap mean nothing now
+            return True
+        return False
 
     def _skip_frame(self) -> bool:
         """Pause and frame-rate cap: live sources drop frames, files wait their turn."""

@@ -206,3 +206,43 @@ def test_startup_errors_are_clear_and_non_zero(pki_dir, tmp_path, arguments, env
     assert completed.returncode == code, completed.stderr
     assert message in completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+@pytest.fixture
+def mjpeg_stream():
+    """A real HTTP MJPEG camera stream that hangs up after 20 frames on every connection."""
+    import http.server
+    import socketserver
+    import threading
+
+    jpeg = cv2.imencode(".jpg", cv2.imread(str(media_file("justin.jpg"))))[1].tobytes()
+    connections: list[int] = []
+
+    class Camera(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            connections.append(1)
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.end_headers()
+            for _ in range(20):
+                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n" % (len(jpeg), jpeg))
+
+        def log_message(self, *arguments):
+            pass
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Camera)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/stream.mjpg", connections
+    server.shutdown()
+
+
+def test_a_live_stream_that_drops_is_reopened(broker, pki_dir, tmp_path, mqtt_client, topics, spawned, mjpeg_stream):
+    url, connections = mjpeg_stream
+    results = subscribe_and_wait(mqtt_client("monitor"), topics.result("cam-a"))
+    process = run_agent(spawned, agent_env(pki_dir, broker.settings.tls_port, tmp_path / "edge"), tmp_path, "--source", url)
+    assert results.wait_for(lambda messages: len(messages) >= 45, WAIT_S * 3), agent_log(tmp_path)
+    assert len(connections) >= 3 and process.poll() is None  # the stream ended twice; the agent came back each time
+    assert "reopening" in agent_log(tmp_path)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(WAIT_S * 2) == 0
+    assert_complete_once(results.messages)
