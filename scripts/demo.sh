@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on one machine: set everything up, then run the broker, the
-# cloud ingest (SQLite + files under var/cloud) and an edge agent on a sample video.
+# cloud ingest (SQLite + files under var/cloud), the web dashboard and an edge
+# agent on a sample video.
 # Ctrl-C stops everything cleanly. Logs: var/log/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +15,7 @@ mkdir -p var/log
 SOURCE=${EMQ_DEMO_SOURCE:-$("$BIN/python" -m edge.sample var/sample/demo.mp4)}
 
 port_in_use() { "$BIN/python" -c "import sys; from broker.runner import port_accepts; sys.exit(0 if port_accepts('127.0.0.1', $1) else 1)"; }
-for port in 8883 8884; do
+for port in 8883 8884 8080; do
   if port_in_use "$port"; then
     echo "port $port is already in use (another broker, or an earlier demo still running?); stop it first" >&2
     exit 1
@@ -39,11 +40,15 @@ pids+=($!)
 
 "$BIN/emq-ingest" >var/log/ingest.log 2>&1 &
 pids+=($!)
+"$BIN/emq-webui" >var/log/webui.log 2>&1 &
+pids+=($!)
+WEBUI_PASSWORD=$(cat var/webui/initial-admin-password 2>/dev/null || echo "(set earlier; reset: $BIN/emq-webui create-user admin --role admin --replace)")
 
 cat <<INFO
 
   Broker:  mqtts://localhost:8883 (client certificates), :8884 (passwords)   log: var/log/broker.log
   Ingest:  var/cloud/emotion.db (SQLite), frames under var/cloud/data   log: var/log/ingest.log
+  Web UI:  http://127.0.0.1:8080   user: admin   password: $WEBUI_PASSWORD   log: var/log/webui.log
   Edge:    device '$DEVICE' on $SOURCE (looping)
 
   Watch the results in another terminal:

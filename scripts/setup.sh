@@ -21,6 +21,11 @@ install_system_packages() {
   command -v mosquitto_sub >/dev/null || missing+=(mosquitto-clients)
   command -v "$PYTHON" >/dev/null || missing+=(python3)
   "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+  # The dashboard tests drive Debian's Chromium (never a browser a tool downloads).
+  if ((WITH_TESTS)); then
+    [[ -x /usr/bin/chromium ]] || missing+=(chromium)
+    [[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] || missing+=(fonts-dejavu-core)
+  fi
   if ((${#missing[@]})); then
     log "installing system packages: ${missing[*]}"
     sudo_if_needed apt-get update -qq
@@ -54,8 +59,20 @@ prepare_pki() {
   "$VENV/bin/emq-pki" --dir "${EMQ_PKI_DIR:-var/pki}" init --device "${EMQ_DEMO_DEVICE:-demo-cam}" | sed 's/^/[pki] /'
 }
 
+prepare_webui_admin() {
+  # The first admin's password is printed once; keep it (0600) where the demo can show it.
+  local password_file=var/webui/initial-admin-password output
+  output=$("$VENV/bin/emq-webui" create-user admin --role admin --if-missing)
+  if [[ "$output" == *"shown once"* ]]; then
+    mkdir -p var/webui
+    (umask 077 && printf '%s\n' "${output##*: }" >"$password_file")
+    log "web UI user 'admin' created; password in $password_file"
+  fi
+}
+
 install_system_packages
 install_python_packages
 prepare_model
 prepare_pki
+prepare_webui_admin
 log "ready"

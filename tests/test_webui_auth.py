@@ -1,0 +1,207 @@
+"""Login, roles, CSRF and hardening, over real HTTP against the real server (no browser needed)."""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+
+import pytest
+from werkzeug.routing import IntegerConverter
+
+from tests.webui_helpers import PASSWORDS, HttpSession, start_webui, webui_config
+from webui.app import PUBLIC_ENDPOINTS, create_app
+from webui.services import build_services
+from webui.users import add_user, remove_user
+
+UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+@pytest.fixture
+def webui(broker, pki_dir, tmp_path):
+    running = start_webui(webui_config(tmp_path, pki_dir, broker.settings.tls_port))
+    yield running
+    running.stop()
+
+
+def every_route(app) -> list[tuple[str, str, str]]:
+    """(endpoint, method, concrete URL) for every rule of the app, so new routes are covered automatically."""
+    routes = []
+    with app.test_request_context():
+        from flask import url_for
+
+        for rule in app.url_map.iter_rules():
+            values = {}
+            for argument in rule.arguments:
+                converter = rule._converters[argument]
+                values[argument] = 1 if isinstance(converter, IntegerConverter) else ("css/app.css" if argument == "filename" else "cam-a")
+            url = url_for(rule.endpoint, **values)
+            for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+                routes.append((rule.endpoint, method, url))
+    return routes
+
+
+def test_every_route_needs_a_login_redirect_for_pages_401_for_the_api(webui):
+    routes = every_route(webui.app)
+    endpoints = {endpoint for endpoint, _, _ in routes}
+    assert PUBLIC_ENDPOINTS <= endpoints and PUBLIC_ENDPOINTS == {"auth.login", "static", "health"}
+    assert {"api.stream", "api.send_command", "api.add_label", "assets.result_frame", "pages.history"} <= endpoints
+    anonymous = HttpSession(webui.url)
+    checked = 0
+    for endpoint, method, url in routes:
+        if endpoint in PUBLIC_ENDPOINTS:
+            continue
+        response = anonymous.request(method, url, data=b"{}" if method in UNSAFE_METHODS else None, headers={"Content-Type": "application/json"})
+        if url.startswith("/api/"):
+            assert response.status == 401, f"{method} {url} answered {response.status} without a session"
+            assert response.json() == {"error": "login required"}
+        else:
+            assert response.status == 302, f"{method} {url} answered {response.status} without a session"
+            assert response.headers["Location"].startswith("/login?next=")
+        checked += 1
+    assert checked >= 15
+    assert anonymous.get("/no/such/page").status == 302  # unknown paths reveal nothing either
+
+
+def test_every_protected_view_declares_the_role_it_needs(webui):
+    for endpoint, view in webui.app.view_functions.items():
+        if endpoint in PUBLIC_ENDPOINTS:
+            continue
+        assert getattr(view, "required_role", None) in ("viewer", "labeller", "admin"), f"{endpoint} has no @requires(role)"
+
+
+def test_a_post_without_the_csrf_token_is_refused(webui):
+    admin = HttpSession(webui.url)
+    assert admin.log_in("admin").status == 302
+    for path, body in (("/api/devices/cam-a/commands", {"command": "ping"}), ("/api/labels", {"face_id": 1, "label": "happy"})):
+        assert admin.post_json(path, body).status == 403
+        assert admin.post_json(path, body, csrf="forged").status == 403
+    refused = admin.post_form("/logout", {})
+    assert refused.status == 403 and "CSRF" in refused.text
+    cross_site = admin.request(
+        "POST", "/api/devices/cam-a/commands", data=b'{"command": "ping"}',
+        headers={"Content-Type": "application/json", "X-CSRF-Token": admin.csrf_token, "Sec-Fetch-Site": "cross-site"},
+    )
+    assert cross_site.status == 403
+    accepted = admin.post_json("/api/devices/cam-a/commands", {"command": "ping"}, csrf=admin.csrf_token)
+    assert accepted.status == 202, accepted.text
+    assert accepted.json()["user"] == "admin"
+    assert admin.post_form("/logout", {"csrf_token": admin.csrf_token}).status == 302
+    assert admin.get("/api/me").status == 401
+
+
+def test_a_viewer_cannot_send_commands_or_label_and_a_labeller_cannot_command(webui):
+    viewer = HttpSession(webui.url)
+    assert viewer.log_in("viewer").status == 302
+    assert viewer.get("/").status == 200 and viewer.get("/history").status == 200
+    assert viewer.post_json("/api/devices/cam-a/commands", {"command": "pause"}, csrf=viewer.csrf_token).status == 403
+    assert viewer.post_json("/api/labels", {"face_id": 1, "label": "sad"}, csrf=viewer.csrf_token).status == 403
+    assert viewer.get("/labelling").status == 403
+    assert viewer.get("/api/labels/queue").status == 403
+    assert 'data-command="pause"' in viewer.get("/").text and 'data-can-command="0"' in viewer.get("/").text
+
+    labeller = HttpSession(webui.url)
+    assert labeller.log_in("lab").status == 302
+    assert labeller.get("/labelling").status == 200
+    assert labeller.post_json("/api/devices/cam-a/commands", {"command": "pause"}, csrf=labeller.csrf_token).status == 403
+    missing_face = labeller.post_json("/api/labels", {"face_id": 999, "label": "sad"}, csrf=labeller.csrf_token)
+    assert missing_face.status == 404
+
+
+def test_invalid_commands_are_refused_with_the_reason(webui):
+    admin = HttpSession(webui.url)
+    admin.log_in("admin")
+    bad_fps = admin.post_json("/api/devices/cam-a/commands", {"command": "set_fps", "args": {"fps": 500}}, csrf=admin.csrf_token)
+    assert bad_fps.status == 400 and "fps" in bad_fps.json()["error"]
+    unknown = admin.post_json("/api/devices/cam-a/commands", {"command": "self_destruct"}, csrf=admin.csrf_token)
+    assert unknown.status == 400
+    hostile = admin.post_json("/api/devices/cam%2Fa/commands", {"command": "ping"}, csrf=admin.csrf_token)
+    assert hostile.status in (400, 404)
+
+
+def test_wrong_passwords_are_throttled(webui):
+    client = HttpSession(webui.url)
+    for _ in range(5):
+        assert client.log_in("admin", "wrong-password").status == 401
+    blocked = client.log_in("admin")  # even the right password waits now
+    assert blocked.status == 429
+    assert int(blocked.headers["Retry-After"]) > 0
+    assert HttpSession(webui.url).log_in("viewer").status == 429, "the same address is throttled too"
+
+
+def test_login_never_redirects_off_site(webui):
+    for target in ("//evil.example/x", "https://evil.example/", "/\\evil.example"):
+        client = HttpSession(webui.url)
+        response = client.log_in("viewer", next_path=target)
+        assert response.status == 302 and response.headers["Location"] == "/", target
+
+
+def test_cookies_and_security_headers(webui, tmp_path, pki_dir, broker):
+    client = HttpSession(webui.url)
+    login_page = client.get("/login")
+    csp = login_page.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
+    assert login_page.headers["X-Frame-Options"] == "DENY"
+    assert login_page.headers["X-Content-Type-Options"] == "nosniff"
+    assert login_page.headers["Referrer-Policy"] == "same-origin"
+    token = client.page_csrf_token("/login")
+    response = client.post_form("/login", {"username": "viewer", "password": PASSWORDS["viewer"], "csrf_token": token})
+    cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
+    assert client.get("/api/me").headers["Cache-Control"] == "no-store"
+    assert "<script>" not in client.get("/").text, "no inline scripts (the CSP forbids them)"
+
+    secure = webui_config(tmp_path / "secure", pki_dir, broker.settings.tls_port, auth={"secure_cookies": True})
+    app = create_app(secure, services=build_services(secure, connect=False))
+    test_client = app.test_client()
+    test_client.get("/login")
+    with test_client.session_transaction() as session:
+        token = session["csrf"]
+    logged_in = test_client.post("/login", data={"username": "viewer", "password": PASSWORDS["viewer"], "csrf_token": token})
+    assert "Secure" in logged_in.headers["Set-Cookie"]
+    assert logged_in.headers["Strict-Transport-Security"].startswith("max-age=")
+    app.extensions["emq"].stop()
+
+
+def test_removing_a_user_or_changing_the_password_ends_their_sessions(webui):
+    users_file = webui.services.config.auth.users_file
+    add_user(users_file, "carol", "viewer", "carol-password-1")
+    client = HttpSession(webui.url)
+    assert client.log_in("carol", "carol-password-1").status == 302
+    assert client.get("/api/me").json() == {"user": "carol", "role": "viewer"}
+    add_user(users_file, "carol", "admin", "carol-password-2", replace=True)
+    assert client.get("/api/me").status == 401, "a new password invalidates the old session"
+    assert client.log_in("carol", "carol-password-2").status == 302
+    assert client.get("/api/me").json()["role"] == "admin"
+    remove_user(users_file, "carol")
+    assert client.get("/api/me").status == 401
+
+
+def test_the_api_returns_json_errors(webui):
+    client = HttpSession(webui.url)
+    client.log_in("viewer")
+    assert client.get("/api/results?emotion=bored").status == 400
+    assert "emotion" in client.get("/api/results?emotion=bored").json()["error"]
+    assert client.get("/api/results?since=yesterday").status == 400
+    assert client.get("/api/results/12345").status == 404
+    assert json.loads(client.get("/api/results").body) == {"total": 0, "limit": 50, "offset": 0, "items": []}
+
+
+def test_behind_a_trusted_proxy_the_forwarded_address_and_scheme_count(broker, pki_dir, tmp_path):
+    running = start_webui(webui_config(tmp_path, pki_dir, broker.settings.tls_port, server={"trusted_proxy": "127.0.0.1"}))
+    try:
+        def login(user: str, password: str, address: str):
+            client = HttpSession(running.url)
+            token = client.page_csrf_token("/login")
+            body = urllib.parse.urlencode({"username": user, "password": password, "csrf_token": token}).encode()
+            headers = {"Content-Type": "application/x-www-form-urlencoded", "X-Forwarded-For": address, "X-Forwarded-Proto": "https"}
+            return client.request("POST", "/login", data=body, headers=headers)
+
+        for _ in range(5):
+            assert login("admin", "wrong-password", "203.0.113.1").status == 401
+        assert login("viewer", PASSWORDS["viewer"], "203.0.113.1").status == 429, "that address is throttled"
+        assert login("admin", PASSWORDS["admin"], "203.0.113.2").status == 429, "and that user name, from anywhere"
+        allowed = login("viewer", PASSWORDS["viewer"], "203.0.113.2")
+        assert allowed.status == 302, "another address, another user: not throttled"
+        assert allowed.headers["Strict-Transport-Security"].startswith("max-age="), "X-Forwarded-Proto https believed"
+    finally:
+        running.stop()

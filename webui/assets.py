@@ -1,0 +1,57 @@
+"""Media behind the login: stored frames (files, by result id only), face crops (in the store), plotly.js."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, abort, send_file
+
+from webui.auth import requires
+from webui.media import PNG_START, MediaUnavailable, image_type, resolve_stored_path
+from webui.services import current_services
+
+blueprint = Blueprint("assets", __name__)
+
+MEDIA_MAX_AGE_S = 3600  # stored files never change; private to the browser (no-store is not needed)
+VENDOR_MAX_AGE_S = 7 * 24 * 3600
+
+
+def send_stored(relative_path: str | None):
+    services = current_services()
+    try:
+        path = resolve_stored_path(services.config.store.data_dir, relative_path)
+        mimetype = image_type(path)
+    except MediaUnavailable as reason:
+        abort(404, description=str(reason))
+    response = send_file(path, mimetype=mimetype, max_age=MEDIA_MAX_AGE_S, conditional=True)
+    response.headers["Cache-Control"] = f"private, max-age={MEDIA_MAX_AGE_S}"
+    return response
+
+
+@blueprint.route("/media/results/<int:result_id>/frame")
+@requires("viewer")
+def result_frame(result_id: int):
+    store = current_services().store
+    found = store.result(result_id)
+    if found is None:
+        abort(404, description=f"no result {result_id}")
+    frame = store.frame_for_result(found[0].msg_id)
+    return send_stored(frame.path if frame else None)
+
+
+@blueprint.route("/media/faces/<int:face_id>/crop")
+@requires("viewer")
+def face_crop(face_id: int):
+    """The 64x64 grey PNG the model saw (kept in the store itself, not as a file)."""
+    crop = current_services().store.crop_png(face_id)
+    if crop is None or not crop.startswith(PNG_START):
+        abort(404, description=f"no crop stored for face {face_id}")
+    response = Response(crop, mimetype="image/png")
+    response.headers["Cache-Control"] = f"private, max-age={MEDIA_MAX_AGE_S}"
+    return response
+
+
+@blueprint.route("/vendor/plotly.min.js")
+@requires("viewer")
+def plotly_js():
+    response = send_file(current_services().plotly_js, mimetype="text/javascript", max_age=VENDOR_MAX_AGE_S, conditional=True)
+    response.headers["Cache-Control"] = f"private, max-age={VENDOR_MAX_AGE_S}"
+    return response
