@@ -9,7 +9,7 @@ not granted here is denied.
 from __future__ import annotations
 
 from broker.identities import Identity, Role
-from contract.topics import Channel, Topics
+from contract.topics import HOMEASSISTANT_DISCOVERY_PREFIX, Channel, Topics
 
 DEVICE_WRITES = (Channel.RESULT, Channel.FRAME, Channel.STATUS, Channel.STATS, Channel.COMMAND_REPLY)
 
@@ -20,6 +20,8 @@ def device_rules(topics: Topics, device_id: str) -> list[str]:
         f"topic read {topics.command(device_id)}",
         f"topic read {topics.prefix}/devices/{device_id}/model/#",
         f"topic read {topics.prefix}/models/#",
+        # Home Assistant MQTT discovery: this device's own config topics only.
+        f"topic write {HOMEASSISTANT_DISCOVERY_PREFIX}/+/{device_id}/+/config",
     ]
     return rules
 
@@ -39,7 +41,15 @@ def service_rules(topics: Topics, role: Role) -> list[str]:
             f"topic read {topics.all_devices(Channel.STATS)}",
         ]
     if role is Role.MONITOR:
-        return [f"topic read {topics.prefix}/#", "topic read $SYS/#"]
+        return [f"topic read {topics.prefix}/#", f"topic read {HOMEASSISTANT_DISCOVERY_PREFIX}/#", "topic read $SYS/#"]
+    if role is Role.HOMEASSISTANT:
+        return [
+            f"topic read {topics.all_devices(Channel.RESULT)}",
+            f"topic read {topics.all_devices(Channel.FRAME)}",
+            f"topic read {topics.all_devices(Channel.STATUS)}",
+            f"topic read {HOMEASSISTANT_DISCOVERY_PREFIX}/#",
+            f"topic write {HOMEASSISTANT_DISCOVERY_PREFIX}/status",
+        ]
     raise ValueError(f"no rules for role {role}")
 
 

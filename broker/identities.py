@@ -34,10 +34,11 @@ class Role(str, Enum):
     WEBUI = "webui"       # dashboard: reads data, publishes commands only
     RETRAIN = "retrain"   # retraining job: the only writer of model releases
     MONITOR = "monitor"   # read-only operator (mosquitto_sub)
+    HOMEASSISTANT = "homeassistant"  # Home Assistant: reads device data and discovery configs
 
 
 # The service identities created by `emq-pki init`, named after their role.
-SERVICE_IDENTITIES = (Role.INGEST, Role.WEBUI, Role.RETRAIN, Role.MONITOR)
+SERVICE_IDENTITIES = (Role.INGEST, Role.WEBUI, Role.RETRAIN, Role.MONITOR, Role.HOMEASSISTANT)
 
 
 class Identity(BaseModel):

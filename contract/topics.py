@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from enum import Enum
 
 DEFAULT_PREFIX = "emotion"
+# Home Assistant's MQTT discovery prefix; the broker ACL lets a device write its own configs there.
+HOMEASSISTANT_DISCOVERY_PREFIX = "homeassistant"
 
 # A device id becomes a topic level, a certificate CN, a folder name and a
 # database key, so it is restricted to characters that are safe in all four:
@@ -35,7 +37,7 @@ _PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}(/[A-Za-z0-9_-]{1,32}){0,3}$")
 
 # Identities that belong to services; a device may not take one of these
 # names, or it would inherit that service's broker permissions.
-RESERVED_IDENTITIES = frozenset({"ingest", "webui", "retrain", "monitor", "admin"})
+RESERVED_IDENTITIES = frozenset({"ingest", "webui", "retrain", "monitor", "homeassistant", "admin"})
 
 
 class Channel(str, Enum):

@@ -36,6 +36,7 @@ from contract.validation import FrameMeta
 from edge.commands import CommandError, CommandInbox, execute
 from edge.config import EdgeConfig
 from edge.forwarder import Forwarder
+from edge.homeassistant import discovery_messages
 from edge.model import ModelSlot, ModelUnavailable, load_model
 from edge.model_updates import ModelUpdates
 from edge.outbox import Outbox, OutboxLimits
@@ -140,7 +141,10 @@ class EdgeAgent:
             OutboxLimits(self.config.outbox.max_messages, self.config.outbox.max_bytes, self.config.outbox.max_age_s),
             self.config.outbox.durability,
         )
-        self.client = MqttClient(self.config.mqtt, availability=Availability(self.topics.status(self.device_id)))
+        self.client = MqttClient(
+            self.config.mqtt, availability=Availability(self.topics.status(self.device_id)),
+            on_connection_change=self._announce_to_home_assistant,
+        )
         self.client.subscribe(self.topics.command(self.device_id), self.inbox.on_message, qos=1)
         self.updates.subscribe(self.client)
         self.client.start()
@@ -150,6 +154,14 @@ class EdgeAgent:
             self.device_id, self.model.name, self.model.version, self.source.description,
             self.config.outbox.path, self.outbox.depth(), self.config.mqtt.host, self.config.mqtt.port,
         )
+
+    def _announce_to_home_assistant(self, connected: bool, _reason: str) -> None:
+        """On every (re)connect, publish the retained discovery configs (paho's thread: publish, never wait)."""
+        settings = self.config.homeassistant
+        if not (connected and settings.enabled):
+            return
+        for message in discovery_messages(self.device_id, self.topics, discovery_prefix=settings.discovery_prefix):
+            self.client.publish(message.topic, message.payload_bytes(), qos=1, retain=True)
 
     def _open_source(self) -> FrameSource:
         settings = self.config.source

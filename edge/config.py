@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 
 from comms.settings import MqttSettings, apply_identity_defaults
 from common.config import StrictSettings
-from contract.topics import DEVICE_ID_PATTERN, RESERVED_IDENTITIES
+from contract.topics import DEVICE_ID_PATTERN, HOMEASSISTANT_DISCOVERY_PREFIX, RESERVED_IDENTITIES
 from edge.perception.settings import AnnotationSettings, ClassificationSettings, DetectionSettings, TrackingSettings
 
 ENV_PREFIX = "EMQ_EDGE__"
@@ -75,6 +75,14 @@ class CommandSettings(StrictSettings):
     )
 
 
+class HomeAssistantSettings(StrictSettings):
+    enabled: bool = Field(default=True, description="Announce this device to Home Assistant (MQTT discovery, retained).")
+    discovery_prefix: str = Field(
+        default=HOMEASSISTANT_DISCOVERY_PREFIX, pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="Home Assistant's discovery prefix (the broker ACL allows 'homeassistant').",
+    )
+
+
 class EdgeConfig(StrictSettings):
     device_id: str = Field(default="demo-cam", pattern=DEVICE_ID_PATTERN, description="This device's identity (certificate CN).")
     pki_dir: Path = Field(default=Path("var/pki"), description="Where `emq-pki` put ca.crt and clients/<device_id>.crt/.key.")
@@ -90,6 +98,7 @@ class EdgeConfig(StrictSettings):
     publish: PublishSettings = Field(default_factory=PublishSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     commands: CommandSettings = Field(default_factory=CommandSettings)
+    homeassistant: HomeAssistantSettings = Field(default_factory=HomeAssistantSettings)
 
     @model_validator(mode="after")
     def _fill_derived(self) -> "EdgeConfig":

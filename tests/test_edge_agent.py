@@ -246,3 +246,15 @@ def test_a_live_stream_that_drops_is_reopened(broker, pki_dir, tmp_path, mqtt_cl
     process.send_signal(signal.SIGTERM)
     assert process.wait(WAIT_S * 2) == 0
     assert_complete_once(results.messages)
+
+
+def test_the_agent_announces_itself_to_home_assistant(broker, pki_dir, tmp_path, mqtt_client, spawned):
+    configs = subscribe_and_wait(mqtt_client("monitor"), "homeassistant/+/cam-a/+/config")
+    env = agent_env(pki_dir, broker.settings.tls_port, tmp_path / "edge")
+    process = run_agent(spawned, env, tmp_path, "--source", str(media_file("justin.jpg")))
+    assert process.wait(AGENT_TIMEOUT_S) == 0, agent_log(tmp_path)
+    assert configs.wait_for(lambda messages: len(messages) == 3), agent_log(tmp_path)
+    components = sorted(message.topic.split("/")[1] for message in configs.messages)
+    assert components == ["binary_sensor", "camera", "sensor"]
+    camera = json.loads(next(m.payload for m in configs.messages if "/camera/" in m.topic))
+    assert camera["topic"] == "emotion/devices/cam-a/frame" and camera["image_encoding"] == "b64"
