@@ -94,9 +94,10 @@ def first_frame(video: str) -> Any:
 def run_ours(arguments: argparse.Namespace) -> dict:
     """Time our pipeline stage by stage; never imports TensorFlow."""
     from edge.perception import PerceptionPipeline, encode_jpeg, encode_png
-    from edge.perception.model_loader import load_emotion_model
+    from edge.model import load_model, load_tflite
 
-    model = load_emotion_model(arguments.model, num_threads=arguments.threads)
+    model = (load_tflite("custom", "custom", Path(arguments.model), arguments.threads) if arguments.model
+             else load_model(None, None, arguments.threads))
     # Warm-up on a throwaway pipeline: LiteRT's first invoke builds its kernels.
     PerceptionPipeline(None, None, None, model).process(first_frame(arguments.video))
     pipeline = PerceptionPipeline(None, None, None, model)

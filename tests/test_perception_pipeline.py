@@ -12,7 +12,7 @@ import pytest
 from contract.emotions import EMOTIONS
 from edge.perception.classifier import FaceClassifier, crop_face
 from edge.perception.detector import FaceDetector, to_gray
-from edge.perception.model_loader import ModelNotAvailableError, find_model_path, load_emotion_model
+from edge.model import ModelUnavailable, load_model
 from edge.perception.pipeline import FaceResult, FrameAnalysis, PerceptionPipeline
 from edge.perception.settings import AnnotationSettings, TrackingSettings
 
@@ -31,10 +31,9 @@ def media_image(name: str) -> np.ndarray:
 @pytest.fixture(scope="module")
 def model():  # type: ignore[no-untyped-def]
     try:
-        path = find_model_path()
-    except ModelNotAvailableError as error:
+        return load_model(None, None, num_threads=1)
+    except ModelUnavailable as error:
         pytest.skip(f"no converted emotion model in the store ({error})")
-    return load_emotion_model(path)
 
 
 @pytest.fixture()
