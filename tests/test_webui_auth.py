@@ -9,18 +9,12 @@ import pytest
 from werkzeug.routing import IntegerConverter
 
 from tests.webui_helpers import PASSWORDS, HttpSession, start_webui, webui_config
+from tests.webui_helpers import webui  # noqa: F401 (shared fixture)
 from webui.app import PUBLIC_ENDPOINTS, create_app
 from webui.services import build_services
 from webui.users import add_user, remove_user
 
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
-
-
-@pytest.fixture
-def webui(broker, pki_dir, tmp_path):
-    running = start_webui(webui_config(tmp_path, pki_dir, broker.settings.tls_port))
-    yield running
-    running.stop()
 
 
 def every_route(app) -> list[tuple[str, str, str]]:

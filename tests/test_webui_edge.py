@@ -15,35 +15,24 @@ from tests.conftest import media_file
 from tests.edge_helpers import agent_env, start_agent
 from tests.webui_helpers import copy_to_docs, launch_browser, log_in, missing_browser_reason, screenshot, start_webui, webui_config
 
+from tests.webui_helpers import browser  # noqa: E402,F401 (shared fixtures)
+
 pytestmark = pytest.mark.skipif(missing_browser_reason() is not None, reason=str(missing_browser_reason()))
 
 AGENT_START_TIMEOUT_MS = 30000
 EXIT_NO_MODEL = 3
 
 
-@pytest.fixture(scope="module")
-def browser():
-    yield from launch_browser()
 
 
-@pytest.fixture
-def agents():
-    processes: list[subprocess.Popen] = []
-    yield processes
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
-
-
-def run_agent(agents, pki_dir, port, tmp_path, device: str, video) -> subprocess.Popen:
+def run_agent(spawned, pki_dir, port, tmp_path, device: str, video) -> subprocess.Popen:
     env = agent_env(pki_dir, port, tmp_path / "edge", device_id=device, PUBLISH__FRAME_FPS="10", PUBLISH__HEARTBEAT_S="1")
     process = start_agent(env, tmp_path / f"{device}.log", "--source", str(video), "--loop", "--pace")
-    agents.append(process)
+    spawned.append(process)
     return process
 
 
-def test_two_real_edge_agents_live_then_one_killed(broker, pki_dir, tmp_path, browser, agents):
+def test_two_real_edge_agents_live_then_one_killed(broker, pki_dir, tmp_path, browser, spawned):
     from playwright.sync_api import expect
 
     woman, group = media_file("woman2.mp4"), media_file("test.mp4")
@@ -51,8 +40,8 @@ def test_two_real_edge_agents_live_then_one_killed(broker, pki_dir, tmp_path, br
     try:
         page = browser.new_page(color_scheme="dark", viewport={"width": 1280, "height": 860})
         log_in(page, webui.url, "admin")
-        cameras = {"cam-a": run_agent(agents, pki_dir, broker.settings.tls_port, tmp_path, "cam-a", woman),
-                   "cam-b": run_agent(agents, pki_dir, broker.settings.tls_port, tmp_path, "cam-b", group)}
+        cameras = {"cam-a": run_agent(spawned, pki_dir, broker.settings.tls_port, tmp_path, "cam-a", woman),
+                   "cam-b": run_agent(spawned, pki_dir, broker.settings.tls_port, tmp_path, "cam-b", group)}
         for device, process in cameras.items():
             tile = page.locator(f'.tile[data-device="{device}"]')
             try:
@@ -65,7 +54,7 @@ def test_two_real_edge_agents_live_then_one_killed(broker, pki_dir, tmp_path, br
             expect(tile).to_have_attribute("data-status", "online")
             expect(tile.locator(".fps")).not_to_have_text("–", timeout=10000)  # stats every second
         page.wait_for_function("[...document.querySelectorAll('.frame-img')].every(image => image.complete && image.naturalWidth > 0)")
-        shot = screenshot(page, "webui-live-two-edge-agents")
+        shot = screenshot(page, "webui-live-two-edge-spawned")
         copy_to_docs(shot, "webui-live.png")
 
         cam_a = page.locator('.tile[data-device="cam-a"]')

@@ -23,15 +23,12 @@ from tests.webui_helpers import (
     webui_config,
 )
 
+from tests.webui_helpers import browser, webui  # noqa: E402,F401 (shared fixtures)
+
 pytestmark = pytest.mark.skipif(missing_browser_reason() is not None, reason=str(missing_browser_reason()))
 
 SEEDED = 28  # 4 of each emotion, alternating cam-a / cam-b, one minute apart
 BROWSER_ZONE = "Europe/Paris"  # not the server's: local-time filters must still be right
-
-
-@pytest.fixture(scope="module")
-def browser():
-    yield from launch_browser()
 
 
 @pytest.fixture
@@ -39,13 +36,6 @@ def page(browser):
     page = browser.new_page(timezone_id=BROWSER_ZONE)
     yield page
     page.context.close()
-
-
-@pytest.fixture
-def webui(broker, pki_dir, tmp_path):
-    running = start_webui(webui_config(tmp_path, pki_dir, broker.settings.tls_port))
-    yield running
-    running.stop()
 
 
 @pytest.fixture

@@ -9,29 +9,12 @@ import pytest
 
 from tests.webui_helpers import face_with, launch_browser, log_in, missing_browser_reason, screenshot, seed_result, start_webui, webui_config
 
+from tests.webui_helpers import browser, page, webui  # noqa: E402,F401 (shared fixtures)
+
 pytestmark = pytest.mark.skipif(missing_browser_reason() is not None, reason=str(missing_browser_reason()))
 
 # (label the model gave, its confidence): the queue must come least confident first.
 FACES = [("happy", 0.9), ("sad", 0.31), ("angry", 0.52), ("neutral", 0.45), ("surprise", 0.7)]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    yield from launch_browser()
-
-
-@pytest.fixture
-def page(browser):
-    page = browser.new_page()
-    yield page
-    page.context.close()
-
-
-@pytest.fixture
-def webui(broker, pki_dir, tmp_path):
-    running = start_webui(webui_config(tmp_path, pki_dir, broker.settings.tls_port))
-    yield running
-    running.stop()
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The live page in a real Chromium: real publishers → real Mosquitto → the dashboard's stream → tiles."""
+"""The live page in a real Chromium: real spawned → real Mosquitto → the dashboard's stream → tiles."""
 
 from __future__ import annotations
 
@@ -25,39 +25,13 @@ from tests.webui_helpers import (
     webui_config,
 )
 
+from tests.webui_helpers import browser, page, webui  # noqa: E402,F401 (shared fixtures)
+
 pytestmark = pytest.mark.skipif(missing_browser_reason() is not None, reason=str(missing_browser_reason()))
 
 APPEAR_WITHIN_MS = 2000
 
 
-@pytest.fixture(scope="module")
-def browser():
-    yield from launch_browser()
-
-
-@pytest.fixture
-def page(browser):
-    page = browser.new_page()
-    yield page
-    page.context.close()
-
-
-@pytest.fixture
-def webui(broker, pki_dir, tmp_path):
-    running = start_webui(webui_config(tmp_path, pki_dir, broker.settings.tls_port))
-    yield running
-    running.stop()
-
-
-@pytest.fixture
-def publishers():
-    """Device processes started by a test; killed at teardown."""
-    processes: list[subprocess.Popen] = []
-    yield processes
-    for process in processes:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
 
 
 def open_live_page(page, webui, user: str) -> None:
@@ -108,12 +82,12 @@ def test_a_published_frame_and_result_appear_in_a_new_tile_within_2_s(webui, pag
     assert csp_violations == [], csp_violations
 
 
-def test_the_tile_turns_offline_when_its_publisher_is_killed(webui, page, broker, pki_dir, tmp_path, publishers):
+def test_the_tile_turns_offline_when_its_publisher_is_killed(webui, page, broker, pki_dir, tmp_path, spawned):
     from playwright.sync_api import expect
 
     open_live_page(page, webui, "viewer")
     process = start_publisher_process(pki_dir, broker.settings.tls_port, "cam-b", tmp_path / "publisher.log")
-    publishers.append(process)
+    spawned.append(process)
     tile = page.locator('.tile[data-device="cam-b"]')
     expect(tile).to_have_attribute("data-status", "online", timeout=15000)
     expect(tile.locator(".frame-img")).to_be_visible()

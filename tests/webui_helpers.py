@@ -34,6 +34,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from cloud.store import NewFrame, Store
 from comms.mqtt import Availability, MqttClient
@@ -126,6 +127,27 @@ def collect_csp_violations(page) -> list[str]:
     violations: list[str] = []
     page.on("console", lambda message: violations.append(message.text) if "Content Security Policy" in message.text else None)
     return violations
+
+
+# == shared fixtures (imported by the test modules that use them) ======================================
+@pytest.fixture(scope="module")
+def browser():
+    yield from launch_browser()
+
+
+@pytest.fixture
+def page(browser):
+    page = browser.new_page()
+    yield page
+    page.context.close()
+
+
+@pytest.fixture
+def webui(broker, pki_dir, tmp_path):
+    """The dashboard on the test broker, a store in tmp_path, users admin / lab / viewer."""
+    running = start_webui(webui_config(tmp_path, pki_dir, broker.settings.tls_port))
+    yield running
+    running.stop()
 
 
 # == the dashboard ===================================================================================

@@ -25,7 +25,7 @@ from typing import Annotated, Literal
 from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from common.config import StrictSettings
-from comms.settings import MqttSettings, TlsSettings
+from comms.settings import MqttSettings, apply_identity_defaults
 
 ENV_PREFIX = "EMQ_WEBUI__"
 ROLES = ("viewer", "labeller", "admin")
@@ -127,17 +127,9 @@ class WebUIConfig(StrictSettings):
 
     @model_validator(mode="after")
     def _fill_derived(self) -> "WebUIConfig":
-        if self.mqtt.tls is None and self.mqtt.username is None:
-            # Default: the `webui` certificate that `emq-pki init` issues.
-            self.mqtt.tls = TlsSettings(
-                ca_file=self.pki_dir / "ca.crt",
-                cert_file=self.pki_dir / "clients" / "webui.crt",
-                key_file=self.pki_dir / "clients" / "webui.key",
-            )
-        if self.mqtt.client_id is None:
-            # Live data needs no persistent session; a unique id lets several
-            # dashboards (or a restart racing the old process) coexist.
-            self.mqtt.client_id = f"webui-{uuid.uuid4().hex[:12]}"
+        # Live data needs no persistent session; a unique client id lets several
+        # dashboards (or a restart racing the old process) coexist.
+        apply_identity_defaults(self.mqtt, self.pki_dir, "webui", client_id=f"webui-{uuid.uuid4().hex[:12]}")
         return self
 
 
