@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,7 @@ def env_for(tmp_path: Path, pki_dir: Path, broker_port: int, **extra: str) -> di
         "EMQ_WEBUI__STORE__DATA_DIR": str(tmp_path / "data"),
         "EMQ_WEBUI__AUTH__USERS_FILE": str(tmp_path / "users.json"),
         "EMQ_WEBUI__AUTH__SECRET_KEY_FILE": str(tmp_path / "secret_key"),
+        "EMQ_WEBUI__SERVER__METRICS_PORT": str(free_port()),
     })
     env.update(extra)
     return env
@@ -136,6 +138,9 @@ def test_the_cli_serves_the_dashboard_and_stops_cleanly_on_sigterm(tmp_path, pki
         device.publish_frame(synthetic_jpeg("cli"))
         assert wait_until(lambda: client.get("/api/devices").json()["devices"][0]["last_frame_at"] is not None)
         assert client.get("/api/me").json() == {"user": "zed", "role": "admin"}
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{env['EMQ_WEBUI__SERVER__METRICS_PORT']}/metrics", timeout=5).read().decode()
+        assert 'emq_webui_request_seconds_count{endpoint="api.me",method="GET"} 1.0' in metrics
+        assert "emq_webui_live_devices 1.0" in metrics and 'emq_webui_responses_total{endpoint="api.devices",status="200"}' in metrics
 
         server.process.send_signal(signal.SIGTERM)
         assert server.process.wait(10) == 0

@@ -21,6 +21,7 @@ from werkzeug.exceptions import HTTPException
 from contract.emotions import EMOTIONS
 from webui import api, assets, auth, pages
 from webui.config import ROLES, WebUIConfig
+from webui.metrics import WebMetrics
 from webui.security import add_security_headers, csrf_failure, csrf_token
 from webui.services import Services, build_services, current_services
 from webui.vendor import plotly_version
@@ -52,6 +53,9 @@ def create_app(config: WebUIConfig, *, services: Services | None = None) -> Flas
     for blueprint in (auth.blueprint, pages.blueprint, api.blueprint, assets.blueprint):
         app.register_blueprint(blueprint)
     app.add_url_rule("/healthz", "health", health)
+    metrics = WebMetrics(services.hub)
+    metrics.install(app)  # first, so the timer also covers the login guard
+    app.extensions["emq_metrics"] = metrics
     app.before_request(guard)
     app.after_request(harden)
     app.register_error_handler(HTTPException, render_error)

@@ -164,7 +164,10 @@ def serve(args: argparse.Namespace) -> int:
 
     services = build_services(config)
     try:
-        server = WebServer(create_app(config, services=services), config.server)
+        app = create_app(config, services=services)
+        server = WebServer(app, config.server)
+        if config.server.metrics_port:
+            app.extensions["emq_metrics"].serve(config.server.metrics_port, config.server.metrics_address)
     except OSError as error:
         services.stop()
         raise StartupError(f"cannot listen on {config.server.host}:{config.server.port}: {error.strerror or error}", EXIT_RUNTIME) from None

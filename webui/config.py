@@ -46,6 +46,8 @@ class ServerSettings(StrictSettings):
     client_buffer_bytes: Annotated[int, Field(ge=64 * 1024)] = Field(
         default=2 * 1024 * 1024, description="Unsent bytes buffered per connection before its stream waits (and then skips frames)."
     )
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = Field(default=9311, description="Prometheus /metrics port (no login; loopback by default); 0 disables it.")
+    metrics_address: str = Field(default="127.0.0.1", description="Address the metrics server binds.")
     trusted_proxy: str | None = Field(
         default=None, description="Address of a reverse proxy whose X-Forwarded-* headers are believed (e.g. 127.0.0.1)."
     )

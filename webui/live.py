@@ -178,6 +178,10 @@ class LiveHub:
             Channel.COMMAND_REPLY: self._on_reply,
         }
 
+    def device_count(self) -> int:
+        with self._lock:
+            return len(self._devices)
+
     # == incoming (paho's network thread) ======================================================
     def subscriptions(self) -> list[str]:
         return [self.topics.all_devices(channel) for channel in SUBSCRIBED_CHANNELS]
