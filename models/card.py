@@ -377,13 +377,14 @@ def plot_confusion(evaluation: Mapping[str, SetEvaluation], title: str, path: Pa
     """One confusion-matrix panel per evaluation set: colour = share of the true class, text = count."""
     shown = {name: result for name, result in evaluation.items() if result.samples > 0}
     panels = max(len(shown), 1)
-    figure, axes = plt.subplots(1, panels, figsize=(5.4 * panels, 5.4), squeeze=False)
+    figure, axes = plt.subplots(1, panels, figsize=(max(6.4, 5.4 * panels), 5.6), squeeze=False)
     if not shown:
         axes[0][0].axis("off")
         axes[0][0].text(0.5, 0.5, "no evaluation faces", ha="center", va="center")
     for axis, (name, result) in zip(axes[0], shown.items()):
         _confusion_panel(axis, name, result)
-    figure.suptitle(f"{title}\nconfusion: rows = true class, columns = predicted; colour = share of the row")
+    caption = "rows: true class, columns: predicted, colour: share of the row"
+    figure.suptitle(f"{title}: confusion matrix\n{caption}", fontsize=10)
     figure.tight_layout()
     _save_figure(figure, path)
     return path

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -132,6 +133,7 @@ def training_data(collected: CollectedDataset, base):
 
 def run_retraining(config: RetrainConfig) -> Outcome:
     from models.card import write_model_card
+    from models.convert import export_tflite
     from models.gate import gate
     from models.training import TrainingSettings, train
     from models.versions import next_version, register_version
@@ -152,25 +154,36 @@ def run_retraining(config: RetrainConfig) -> Outcome:
     current = registry.current()
     settings = TrainingSettings(**config.training.model_dump())
     start_from = None if settings.from_scratch else registry.path_of(current, "keras")
-    run = train(data, settings=settings, start_from=start_from)
+    run = train(data, settings=settings, start_from=start_from, progress=log.info)
     log.info("trained %d epochs in %.0f s (%s), %.0f images/s", run.epochs_run, run.seconds, run.stopped_reason, run.images_per_second)
 
-    counts = dict(collected.counts, base_train=int(len(data.y_train) - len(collected.y_train)))
-    entry = register_version(
-        registry, run.model, version=next_version(registry), parent=current.version, metrics={}, data_counts=counts,
-        source=f"retrained from {current.version} on collected crops" + (" + FER2013" if config.dataset.base_npz else ""),
-        make_current=False,
+    with tempfile.TemporaryDirectory(prefix="emq-candidate-") as folder:
+        candidate = export_tflite(run.model, Path(folder) / "candidate.tflite")
+        decision = gate(
+            candidate_tflite=candidate, current_tflite=registry.path_of(current, "tflite"),
+            evaluation_sets=data.validation, margin=config.gate_margin,
+        )
+        counts = dict(collected.counts, base_train=int(len(data.y_train) - len(collected.y_train)))
+        # Refused candidates are registered too (not current): their card needs a version, and the
+        # registry is the record of what was tried.
+        entry = register_version(
+            registry, run.model, version=next_version(registry), parent=current.version,
+            metrics=candidate_metrics(decision), data_counts=counts, tflite_path=candidate,
+            source=f"retrained from {current.version} on collected crops" + (" + FER2013" if config.dataset.base_npz else ""),
+            make_current=decision.promote,
+        )
+    card = write_model_card(
+        config.card_dir / entry.version, entry, decision=decision, history=run.history,
+        class_counts=collected.class_balance(), training=run.summary(),
     )
-    decision = gate(
-        candidate_tflite=registry.path_of(entry, "tflite"), current_tflite=registry.path_of(current, "tflite"),
-        evaluation_sets=data.validation, margin=config.gate_margin,
-    )
-    if decision.promote:
-        registry.set_current(entry.version)
-    card = write_model_card(config.card_dir / entry.version, entry, decision=decision, history=run.history, class_counts=collected.class_balance())
     log.info("gate: %s (%s); model card %s", "PROMOTED" if decision.promote else "kept current", "; ".join(decision.reasons), card[0])
     released = decision.promote and config.release and release_version(config, registry, entry.version)
     return Outcome(entry.version, decision.promote, released, card)
+
+
+def candidate_metrics(decision) -> dict[str, float]:
+    """The candidate's top-1 on each held-out set, as the registry's metrics."""
+    return {f"{name}_val_top1": float(scores["candidate"]) for name, scores in decision.scores.items() if scores.get("candidate") is not None}
 
 
 def release_version(config: RetrainConfig, registry: ModelRegistry, version: str) -> bool:

@@ -111,6 +111,17 @@ def test_a_tiny_time_budget_stops_mid_epoch_with_a_usable_model(fer2013: Trainin
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
 
 
+def test_the_same_seed_gives_the_same_weights(fer2013: TrainingData) -> None:
+    small = TrainingData(fer2013.x_train[:128], fer2013.y_train[:128])
+    settings = TrainingSettings(epochs=1, batch_size=32, learning_rate=1e-3, from_scratch=True, seed=3)
+
+    first, second = (train(small, settings=settings, progress=None) for _ in range(2))
+
+    assert first.history["loss"] == second.history["loss"]
+    for first_weights, second_weights in zip(first.model.get_weights(), second.model.get_weights()):
+        np.testing.assert_array_equal(first_weights, second_weights)
+
+
 def test_early_stopping_stops_after_patience_and_restores_the_best_weights() -> None:
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
     callback = _EarlyStoppingWithBestWeights(patience=2, total_epochs=10)
