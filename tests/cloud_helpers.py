@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from contract.validation import FrameMeta
-from tests.conftest import console_script, free_port
+from tests.conftest import component_env, free_port, start_service
 
 POSTGRES_ADMIN_URL = os.environ.get("EMQ_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -65,28 +65,15 @@ def database_url(request, tmp_path):
 
 
 def ingest_env(pki_dir: Path, port: int, data_dir: Path, database_url: str, **settings: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({
-        "EMQ_INGEST__PKI_DIR": str(pki_dir),
-        "EMQ_INGEST__DATA_DIR": str(data_dir),
-        "EMQ_INGEST__DATABASE_URL": database_url,
-        "EMQ_INGEST__MQTT__HOST": "localhost",
-        "EMQ_INGEST__MQTT__PORT": str(port),
-        "EMQ_INGEST__MQTT__RECONNECT_MIN_DELAY_S": "0.1",
-        "EMQ_INGEST__MQTT__RECONNECT_MAX_DELAY_S": "0.5",
-        "EMQ_INGEST__REPORT_INTERVAL_S": "1",
-        "EMQ_INGEST__METRICS_PORT": str(free_port()),
+    return component_env("EMQ_INGEST__", {
+        "PKI_DIR": pki_dir, "DATA_DIR": data_dir, "DATABASE_URL": database_url, "MQTT__HOST": "localhost", "MQTT__PORT": port,
+        "MQTT__RECONNECT_MIN_DELAY_S": 0.1, "MQTT__RECONNECT_MAX_DELAY_S": 0.5, "REPORT_INTERVAL_S": 1,
+        "METRICS_PORT": free_port(), **settings,
     })
-    env.update({f"EMQ_INGEST__{key.upper()}": value for key, value in settings.items()})
-    return env
 
 
 def start_ingest(env: dict[str, str], log_path: Path, *arguments: str) -> subprocess.Popen:
-    log = log_path.open("ab")
-    try:
-        return subprocess.Popen([console_script("emq-ingest"), *arguments], env=env, stdout=log, stderr=subprocess.STDOUT)
-    finally:
-        log.close()
+    return start_service("emq-ingest", env, log_path, *arguments)
 
 
 def jpeg_b64(seed: int = 0, width: int = 96, height: int = 64) -> bytes:

@@ -7,6 +7,7 @@ tests exercise the configuration users run, not a test-only one.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -47,6 +48,19 @@ def console_script(name: str) -> str:
     script = Path(sys.executable).parent / name
     assert script.exists(), f"{script} missing: install the package (pip install -e .)"
     return str(script)
+
+
+def component_env(prefix: str, settings: dict[str, object]) -> dict[str, str]:
+    """The environment that configures one of our services: ``{"MQTT__PORT": 1}`` -> ``<prefix>MQTT__PORT=1``."""
+    env = dict(os.environ)
+    env.update({f"{prefix}{key.upper()}": str(value) for key, value in settings.items()})
+    return env
+
+
+def start_service(script: str, env: dict[str, str], log_path: Path, *arguments: str) -> subprocess.Popen:
+    """One of our console scripts as a real process, its output appended to ``log_path``."""
+    with log_path.open("ab") as log:
+        return subprocess.Popen([console_script(script), *arguments], env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def media_file(name: str) -> Path:

@@ -2,38 +2,24 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 from pathlib import Path
 
 from contract.validation import parse_result
-from tests.conftest import console_script
+from tests.conftest import component_env, start_service
 
 
 def agent_env(pki_dir: Path, port: int, data_dir: Path, device_id: str = "cam-a", **settings: str) -> dict[str, str]:
     """Configure the agent through EMQ_EDGE__* variables (the path users take in containers)."""
-    env = dict(os.environ)
-    env.update({
-        "EMQ_EDGE__DEVICE_ID": device_id,
-        "EMQ_EDGE__PKI_DIR": str(pki_dir),
-        "EMQ_EDGE__DATA_DIR": str(data_dir),
-        "EMQ_EDGE__MQTT__HOST": "localhost",
-        "EMQ_EDGE__MQTT__PORT": str(port),
-        "EMQ_EDGE__MQTT__RECONNECT_MIN_DELAY_S": "0.1",
-        "EMQ_EDGE__MQTT__RECONNECT_MAX_DELAY_S": "0.5",
-        "EMQ_EDGE__PUBLISH__STATS_INTERVAL_S": "1",
+    return component_env("EMQ_EDGE__", {
+        "DEVICE_ID": device_id, "PKI_DIR": pki_dir, "DATA_DIR": data_dir, "MQTT__HOST": "localhost", "MQTT__PORT": port,
+        "MQTT__RECONNECT_MIN_DELAY_S": 0.1, "MQTT__RECONNECT_MAX_DELAY_S": 0.5, "PUBLISH__STATS_INTERVAL_S": 1, **settings,
     })
-    env.update({f"EMQ_EDGE__{key.upper()}": value for key, value in settings.items()})
-    return env
 
 
 def start_agent(env: dict[str, str], log_path: Path, *arguments: str) -> subprocess.Popen:
-    log = log_path.open("ab")
-    try:
-        return subprocess.Popen([console_script("emq-edge"), *arguments], env=env, stdout=log, stderr=subprocess.STDOUT)
-    finally:
-        log.close()
+    return start_service("emq-edge", env, log_path, *arguments)
 
 
 def outbox_depth(data_dir: Path, device_id: str = "cam-a") -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import urllib.parse
 
-import pytest
 from werkzeug.routing import IntegerConverter
 
 from tests.webui_helpers import PASSWORDS, HttpSession, start_webui, webui_config

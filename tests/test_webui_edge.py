@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import media_file
 from tests.edge_helpers import agent_env, start_agent
-from tests.webui_helpers import copy_to_docs, launch_browser, log_in, missing_browser_reason, screenshot, start_webui, webui_config
+from tests.webui_helpers import copy_to_docs, log_in, missing_browser_reason, screenshot, start_webui, webui_config
 
 from tests.webui_helpers import browser  # noqa: E402,F401 (shared fixtures)
 

@@ -14,13 +14,10 @@ from contract.emotions import EMOTIONS
 from tests.webui_helpers import (
     HttpSession,
     collect_csp_violations,
-    launch_browser,
     log_in,
     missing_browser_reason,
     screenshot,
     seed_history,
-    start_webui,
-    webui_config,
 )
 
 from tests.webui_helpers import browser, webui  # noqa: E402,F401 (shared fixtures)

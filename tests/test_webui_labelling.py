@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from tests.webui_helpers import face_with, launch_browser, log_in, missing_browser_reason, screenshot, seed_result, start_webui, webui_config
+from tests.webui_helpers import face_with, log_in, missing_browser_reason, screenshot, seed_result
 
 from tests.webui_helpers import browser, page, webui  # noqa: E402,F401 (shared fixtures)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 
 import pytest
@@ -15,14 +14,11 @@ from tests.webui_helpers import (
     collect_csp_violations,
     device_availability,
     face_with,
-    launch_browser,
     log_in,
     missing_browser_reason,
     screenshot,
     start_publisher_process,
-    start_webui,
     synthetic_jpeg,
-    webui_config,
 )
 
 from tests.webui_helpers import browser, page, webui  # noqa: E402,F401 (shared fixtures)
