@@ -89,7 +89,7 @@ def render_conf(settings: BrokerSettings) -> str:
     }
     password_block = ""
     if settings.password_port is not None:
-        password_block = Template((TEMPLATE_DIR / "password_listener.tmpl").read_text()).substitute(values)
+        password_block = Template((TEMPLATE_DIR / "userpass_listener.tmpl").read_text()).substitute(values)
     values["password_listener"] = password_block
     return Template((TEMPLATE_DIR / "mosquitto.conf.tmpl").read_text()).substitute(values)
 
