@@ -94,7 +94,8 @@ class Message(BaseModel):
         # Python callers may omit `schema` (it has a default); a message off the
         # wire must say which schema it follows, or we cannot trust its shape.
         wire = bool(info.context and info.context.get("wire"))
-        if wire and "schema_" in cls.model_fields and isinstance(data, dict) and "schema" not in data:
+        # __pydantic_fields__, not model_fields: the latter is a deprecated-access property, slow on a hot path.
+        if wire and "schema_" in cls.__pydantic_fields__ and isinstance(data, dict) and "schema" not in data:
             raise ValueError("schema: field required (the message must name its schema version)")
         return data
 
