@@ -72,19 +72,6 @@ class FaceRow:
 
 
 @dataclass(frozen=True)
-class FrameRow:
-    id: int
-    device_id: str
-    frame_number: int
-    captured_at: float
-    result_msg_id: str | None
-    width: int
-    height: int
-    size_bytes: int
-    path: str
-
-
-@dataclass(frozen=True)
 class QuarantineRow:
     id: int
     received_at: float
@@ -96,6 +83,8 @@ class QuarantineRow:
 
 @dataclass(frozen=True)
 class NewFrame:
+    """A frame file to record; ``path`` is relative to the data folder."""
+
     device_id: str
     frame_number: int
     captured_at: float
@@ -104,6 +93,16 @@ class NewFrame:
     height: int
     size_bytes: int
     path: str
+
+
+@dataclass(frozen=True)
+class FrameRow(NewFrame):
+    """A stored frame: the same record plus its row id."""
+
+    id: int
+
+
+_FRAME_COLUMNS = "device_id, frame_number, captured_at, result_msg_id, width, height, size_bytes, path, id"
 
 
 @dataclass(frozen=True)
@@ -313,8 +312,7 @@ class Store:
 
     def frame_for_result(self, msg_id: str) -> FrameRow | None:
         rows = self.db.query(
-            "SELECT id, device_id, frame_number, captured_at, result_msg_id, width, height, size_bytes, path"
-            " FROM frames WHERE result_msg_id = ? ORDER BY id LIMIT 1",
+            f"SELECT {_FRAME_COLUMNS} FROM frames WHERE result_msg_id = ? ORDER BY id LIMIT 1",
             (msg_id,),
         )
         return FrameRow(*rows[0]) if rows else None
@@ -342,8 +340,7 @@ class Store:
     # == retention ========================================================================
     def frames_older_than(self, before: float, limit: int = 1000) -> list[FrameRow]:
         rows = self.db.query(
-            "SELECT id, device_id, frame_number, captured_at, result_msg_id, width, height, size_bytes, path"
-            " FROM frames WHERE received_at < ? ORDER BY id LIMIT ?",
+            f"SELECT {_FRAME_COLUMNS} FROM frames WHERE received_at < ? ORDER BY id LIMIT ?",
             (before, limit),
         )
         return [FrameRow(*row) for row in rows]
@@ -353,8 +350,7 @@ class Store:
 
     def oldest_frames(self, device_id: str, limit: int) -> list[FrameRow]:
         rows = self.db.query(
-            "SELECT id, device_id, frame_number, captured_at, result_msg_id, width, height, size_bytes, path"
-            " FROM frames WHERE device_id = ? ORDER BY received_at, id LIMIT ?",
+            f"SELECT {_FRAME_COLUMNS} FROM frames WHERE device_id = ? ORDER BY received_at, id LIMIT ?",
             (device_id, limit),
         )
         return [FrameRow(*row) for row in rows]
