@@ -117,7 +117,7 @@ class NewResult:
 def _result_values(item: NewResult, received_at: float) -> tuple:
     result, top = item.result, item.result.top
     return (
-        result.msg_id, result.device_id, result.seq, epoch(result.captured_at), received_at, result.frame_number,
+        result.msg_id, result.device_id, result.seq, result.captured_epoch, received_at, result.frame_number,
         result.source, result.model.name, result.model.version, len(result.faces),
         top.label if top else None, top.confidence if top else None, item.document,
     )
@@ -125,7 +125,7 @@ def _result_values(item: NewResult, received_at: float) -> tuple:
 
 def _face_values(result_id: int, item: NewResult) -> list[tuple]:
     result = item.result
-    captured_at = epoch(result.captured_at)
+    captured_at = result.captured_epoch
     return [
         (
             result_id, index, result.device_id, captured_at, face.track_id, face.label, face.confidence,
@@ -222,11 +222,14 @@ class Store:
         self.db.execute("UPDATE devices SET last_stats = ?, stats_at = ? WHERE device_id = ?", (stats_json, at, device_id))
 
     def add_frame(self, frame: NewFrame, received_at: float) -> None:
-        self.db.execute(
+        self.add_frames([frame], received_at)
+
+    def add_frames(self, frames: list[NewFrame], received_at: float) -> None:
+        self.db.executemany(
             "INSERT INTO frames (device_id, frame_number, captured_at, received_at, result_msg_id, width, height, size_bytes, path)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO NOTHING",
-            (frame.device_id, frame.frame_number, frame.captured_at, received_at, frame.result_msg_id,
-             frame.width, frame.height, frame.size_bytes, frame.path),
+            [(frame.device_id, frame.frame_number, frame.captured_at, received_at, frame.result_msg_id,
+              frame.width, frame.height, frame.size_bytes, frame.path) for frame in frames],
         )
 
     def quarantine(self, topic: str, reason: str, payload: bytes, received_at: float | None = None, keep_whole: bool = False) -> None:

@@ -226,7 +226,7 @@ def test_retention_keeps_labelled_crops_and_caps_frames(tmp_path):
         store.add_frame(NewFrame("cam-a", index, now - age_days * day, None, 1, 1, size, relative.as_posix()), now - age_days * day)
     old = factories.result(faces=[factories.face(1), factories.face(2, box=(200, 100, 80, 80))])
     with store.transaction():
-        store.add_result(old, now, [base64.b64decode(face.crop_png_b64) for face in old.faces], "{}")
+        store.add_result(old, now, [face.crop_png for face in old.faces], "{}")
     store.db.execute("UPDATE faces SET captured_at = ?", (now - 400 * day,))
     labelled_face = store.label_queue()[0]
     store.add_label(labelled_face.id, "happy", "alice")
@@ -251,3 +251,31 @@ def test_truncated_and_fake_jpeg_frames_are_quarantined(service):
     reasons = [row.reason for row in service.store.quarantined()]
     assert len(reasons) == 2 and all("JPEG" in reason for reason in reasons)
     assert service.store.counts()["frames"] == 1
+
+
+def test_a_fault_outside_the_database_quarantines_only_the_culprit_whole(service, monkeypatch):
+    """If the bulk write trips on something that is not the database (a bug), the batch is stored
+    message by message: the good messages land, the culprit is kept whole for replay after a fix."""
+    good = factories.result()
+    frame_payload = jpeg_b64()
+    real_add_frames = service.store.add_frames
+
+    def add_frames_failing_on_camera_b(frames, received_at):
+        if any(frame.device_id == "cam-b" for frame in frames):
+            raise RuntimeError("simulated bug")
+        real_add_frames(frames, received_at)
+
+    monkeypatch.setattr(service.store, "add_frames", add_frames_failing_on_camera_b)
+    service.process_batch([
+        message("emotion/devices/cam-a/result", good.to_json()),
+        message("emotion/devices/cam-b/frame", frame_payload),
+        message("emotion/devices/cam-a/frame", frame_payload),
+    ])
+
+    counts = service.store.counts()
+    assert counts["results"] == 1 and counts["frames"] == 1 and counts["quarantine"] == 1
+    (quarantined,) = service.store.quarantined()
+    assert quarantined.topic == "emotion/devices/cam-b/frame" and "simulated bug" in quarantined.reason
+    assert quarantined.payload_size == len(frame_payload)
+    assert service.store.db.scalar("SELECT payload_head FROM quarantine") == frame_payload  # whole, not just the head
+    assert service.counters.quarantined == 1 and service.counters.stored["frame"] == 1

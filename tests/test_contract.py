@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from contract.emotions import EMOTIONS
-from contract.messages import MAX_RESULT_BYTES, Stats
+from contract.messages import MAX_RESULT_BYTES, Probabilities, Stats, parse_utc_millis
 from contract.schema import SCHEMA_DIR, render_schemas
 from contract.topics import Channel, InvalidDeviceId, Topics, check_device_id
 from contract.validation import (
@@ -166,6 +166,24 @@ def test_bad_timestamp():
     document = factories.result_dict()
     document["captured_at"] = "2026-11-22 03:47:13"
     assert "captured_at" in rejection(encode(document))
+    document = factories.result_dict()
+    document["timestamp"] = "2026-11-22T03:47:13Z"  # checked on its own when it differs from captured_at
+    assert "timestamp" in rejection(encode(document))
+
+
+def test_probabilities_tuple_follows_the_emotion_order():
+    values = [0.01, 0.02, 0.03, 0.84, 0.04, 0.05, 0.01]
+    probabilities = Probabilities.from_sequence(values)
+    assert probabilities.as_tuple() == tuple(values)
+    assert [getattr(probabilities, name) for name in EMOTIONS] == values
+
+
+def test_validated_crop_is_available_decoded():
+    sent = factories.result()
+    parsed = parse_result(sent.to_json())
+    assert parsed.faces[0].crop_png == base64.b64decode(sent.faces[0].crop_png_b64)
+    assert parsed.faces[0].crop_png.startswith(b"\x89PNG")
+    assert parsed.captured_epoch == pytest.approx(parse_utc_millis(parsed.captured_at).timestamp())
 
 
 def test_bad_crop():

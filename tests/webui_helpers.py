@@ -332,7 +332,7 @@ def seed_result(store: Store, data_dir: Path, device: str, seq: int, faces: list
     import json
 
     result = result_with(device, seq, faces, captured_at)
-    crops = [base64.b64decode(face.crop_png_b64) if face.crop_png_b64 else None for face in result.faces]
+    crops = [face.crop_png for face in result.faces]
     document = json.loads(result.to_json())
     for face in document["faces"]:
         face["crop_png_b64"] = None  # the document is kept without pixels
