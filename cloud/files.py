@@ -19,10 +19,22 @@ class UnsafePath(ValueError):
     pass
 
 
+def _check_file_name(name: str) -> None:
+    """A plain file name: no folders, not hidden, no NUL (the folder part is checked separately)."""
+    if not name or "/" in name or name.startswith(".") or "\x00" in name:
+        raise UnsafePath(f"bad file name {name!r}")
+
+
+_MAX_MEMOISED_DIRECTORIES = 10_000
+
+
 class DataFolder:
     def __init__(self, root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.root = root.resolve()
+        # Folders already checked (and created): a day's frames share one, so
+        # resolving symlinks and creating the folder happens once, not per frame.
+        self._ready: dict[Path, Path] = {}
 
     def _inside(self, relative: Path) -> Path:
         target = (self.root / relative).resolve()
@@ -33,18 +45,35 @@ class DataFolder:
     def relative_path(self, kind: str, device_id: str, captured_at: float, name: str) -> Path:
         """``<kind>/<device>/<YYYY-MM-DD>/<name>``, checked."""
         check_device_id(device_id)
-        if "/" in name or name.startswith(".") or "\x00" in name:
-            raise UnsafePath(f"bad file name {name!r}")
+        _check_file_name(name)
         day = datetime.fromtimestamp(captured_at, timezone.utc).strftime("%Y-%m-%d")
         relative = Path(kind) / device_id / day / name
-        self._inside(relative)
+        self._inside(relative.parent)
         return relative
 
     def write(self, relative: Path, data: bytes) -> Path:
         """Atomic write (temp + rename): a crash never leaves half a JPEG behind."""
-        target = self._inside(relative)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        _check_file_name(relative.name)
+        try:
+            return self._write_in(self._folder(relative.parent), relative.name, data)
+        except FileNotFoundError:  # the folder was removed behind our back: check and create it again
+            self._ready.pop(relative.parent, None)
+            return self._write_in(self._folder(relative.parent), relative.name, data)
+
+    def _folder(self, relative: Path) -> Path:
+        folder = self._ready.get(relative)
+        if folder is None:
+            folder = self._inside(relative)
+            folder.mkdir(parents=True, exist_ok=True)
+            if len(self._ready) >= _MAX_MEMOISED_DIRECTORIES:
+                self._ready.clear()
+            self._ready[relative] = folder
+        return folder
+
+    @staticmethod
+    def _write_in(folder: Path, name: str, data: bytes) -> Path:
+        target = folder / name
+        handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-")
         try:
             with os.fdopen(handle, "wb") as stream:
                 stream.write(data)

@@ -203,8 +203,7 @@ class IngestService:
                 log.exception("storing a batch of %d failed; retrying in %.0f s (nothing acknowledged)", len(batch), DB_RETRY_S)
                 self.stop_event.wait(DB_RETRY_S)
                 continue
-            for message in batch:
-                self.client.ack(message)
+            self.client.ack_all(batch)
             return
 
     def process_batch(self, batch: list[Message]) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import struct
 import threading
 from dataclasses import dataclass, field
 from typing import Callable
@@ -42,6 +43,9 @@ log = logging.getLogger(__name__)
 # Fixed header, topic length, packet id and properties of a PUBLISH, generously.
 _PACKET_OVERHEAD_BYTES = 1024
 _MAX_MEMOISED_ROUTES = 4096
+# PUBACK: fixed header 0x40, remaining length 2, packet id (MQTT 5 lets a success omit the reason code).
+_PUBACK = struct.Struct("!BBH")
+_PUBACK_HEADER = 0x40
 _TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
@@ -326,6 +330,30 @@ class MqttClient:
         """Acknowledge a message received with ``manual_ack=True`` (after the write committed)."""
         if message.qos > 0:
             self._client.ack(message.mid, message.qos)
+
+    def ack_all(self, messages: list[Message]) -> None:
+        """Acknowledge a committed batch of QoS 1 messages in one socket write.
+
+        paho's ``ack()`` queues each PUBACK as its own packet, written as its own
+        TLS record with its own system call (and wakes the network thread each
+        time); at thousands of messages per second that was a fifth of the
+        receive path. The PUBACKs here are byte-for-byte what ``ack()`` sends,
+        queued as one buffer through paho's packet queue, the same path
+        ``ack()`` takes. QoS 2 messages (PUBCOMP) go through ``ack()``.
+        """
+        batched = [message for message in messages if message.qos == 1]
+        for message in messages:
+            if message.qos == 2:
+                self.ack(message)
+        if not batched:
+            return
+        queue_packet = getattr(self._client, "_packet_queue", None)
+        if queue_packet is None:  # a paho without that method: one write per ack, still correct
+            for message in batched:
+                self.ack(message)
+            return
+        pubacks = b"".join(_PUBACK.pack(_PUBACK_HEADER, 2, message.mid) for message in batched)
+        queue_packet(_PUBACK_HEADER, pubacks, 0, 1)  # (command, bytes, mid, qos) as paho's own acks
 
     # -- paho callbacks (network thread) --------------------------------------
     def _handle_socket_open(self, client, userdata, sock) -> None:

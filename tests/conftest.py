@@ -200,9 +200,9 @@ def mqtt_client(client_settings) -> Iterator[Callable[..., MqttClient]]:
     """Start project clients; every one is stopped at teardown."""
     started: list[MqttClient] = []
 
-    def make(identity: str, *, availability: Availability | None = None, start: bool = True, **overrides) -> MqttClient:
+    def make(identity: str, *, availability: Availability | None = None, start: bool = True, manual_ack: bool = False, **overrides) -> MqttClient:
         """``start=False`` returns the client unstarted, to subscribe before connecting."""
-        client = MqttClient(client_settings(identity, **overrides), availability=availability)
+        client = MqttClient(client_settings(identity, **overrides), availability=availability, manual_ack=manual_ack)
         started.append(client)
         if start:
             client.start()

@@ -78,3 +78,25 @@ def test_persistent_session_receives_what_was_published_while_away(mqtt_client, 
     second.subscribe(topics.result("cam-a"), collector)  # routes the queued message on arrival
     second.start()
     assert collector.wait_for(lambda messages: [m.payload for m in messages] == [b"while-away"])
+
+
+def test_manual_acks_in_one_write_stop_redelivery_and_unacked_come_back(mqtt_client, topics):
+    """ack_all() writes a batch's PUBACKs at once: acked messages never return, unacked ones do."""
+    session = dict(client_id="ingest-acks", clean_start=False, session_expiry_s=300)
+    first = mqtt_client("ingest", manual_ack=True, **session)
+    first_inbox = subscribe_and_wait(first, topics.result("cam-a"))
+    device = mqtt_client("cam-a")
+    payloads = [f"m{index}".encode() for index in range(30)]
+    assert all(device.publish(topics.result("cam-a"), payload, qos=1).wait(WAIT_S) for payload in payloads)
+    received = first_inbox.wait_count(len(payloads))
+    first.ack_all(received[:20])
+    first.stop(announce_stopped=False)  # DISCONNECT goes out after the queued PUBACKs, on the same connection
+
+    second_inbox = Collector()
+    second = mqtt_client("ingest", start=False, manual_ack=True, **session)
+    second.subscribe(topics.result("cam-a"), second_inbox)
+    second.start()
+    redelivered = second_inbox.wait_count(10)
+    assert sorted(message.payload for message in redelivered) == sorted(payloads[20:])
+    second.ack_all(redelivered)
+    assert not second_inbox.wait_for(lambda messages: len(messages) > 10, timeout=0.5), "an acked message came back"
