@@ -45,6 +45,7 @@ SUBSCRIBED = (Channel.RESULT, Channel.FRAME, Channel.STATUS, Channel.STATS)
 QUARANTINE_LOGS_PER_MINUTE = 20
 DB_RETRY_S = 1.0
 _JPEG_END = b"\xff\xd9"
+_SWEEP, _STOP = object(), object()  # writer-thread orders besides batches
 
 
 class Rejected(Exception):
@@ -119,6 +120,7 @@ class IngestService:
         self.counters = IngestCounters()
         self.metrics = IngestMetrics()
         self.inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
+        self._planned: queue.Queue = queue.Queue(maxsize=2)  # validated batches waiting for the writer thread
         self.store: Store | None = None
         self.files = DataFolder(config.data_dir)
         self.client: MqttClient | None = None
@@ -160,18 +162,47 @@ class IngestService:
             self.stop()
 
     def _loop(self) -> None:
+        """Validate batches here while a writer thread commits and acknowledges the previous ones.
+
+        SQLite and PostgreSQL drivers and file writes release the GIL, so the
+        commit of batch n overlaps the receiving and validation of batch n+1.
+        Batches are committed, and acknowledged, in the order they were received.
+        """
+        writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
+        writer.start()
         last_report = last_sweep = time.monotonic()
+        try:
+            while not self.stop_event.is_set():
+                batch = self._next_batch()
+                if batch:
+                    self._hand_over(self.plan(batch, time.time()))
+                now = time.monotonic()
+                if now - last_report >= self.config.report_interval_s:
+                    log.info("ingest totals: %s", json.dumps(self.counters.snapshot()))
+                    last_report = now
+                if self.config.retention.enabled and now - last_sweep >= self.config.retention.interval_s:
+                    self._hand_over(_SWEEP)  # on the writer thread, between two batches
+                    last_sweep = now
+        finally:
+            self._planned.put(_STOP)
+            writer.join()
+
+    def _hand_over(self, work: "BatchPlan | object") -> None:
+        """Queue work for the writer; blocks while it is two batches behind (back-pressure to the broker)."""
         while not self.stop_event.is_set():
-            batch = self._next_batch()
-            if batch:
-                self._commit_with_retry(batch)
-            now = time.monotonic()
-            if now - last_report >= self.config.report_interval_s:
-                log.info("ingest totals: %s", json.dumps(self.counters.snapshot()))
-                last_report = now
-            if self.config.retention.enabled and now - last_sweep >= self.config.retention.interval_s:
+            try:
+                self._planned.put(work, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+        # Stopping: a batch not handed over is not acknowledged either, so the broker sends it again.
+
+    def _write_loop(self) -> None:
+        while (work := self._planned.get()) is not _STOP:
+            if work is _SWEEP:
                 self._sweep()
-                last_sweep = now
+            else:
+                self._commit_with_retry(work)
 
     def _sweep(self) -> None:
         try:
@@ -194,43 +225,45 @@ class IngestService:
                 break
         return batch
 
-    def _commit_with_retry(self, batch: list[Message]) -> None:
+    def _commit_with_retry(self, plan: "BatchPlan") -> None:
         """Store the batch in one transaction, then acknowledge it. A database outage is retried, never acked."""
         while not self.stop_event.is_set():
             try:
-                self.process_batch(batch)
+                self.store_plan(plan)
             except Exception:
-                log.exception("storing a batch of %d failed; retrying in %.0f s (nothing acknowledged)", len(batch), DB_RETRY_S)
+                log.exception("storing a batch of %d failed; retrying in %.0f s (nothing acknowledged)", len(plan.messages), DB_RETRY_S)
                 self.stop_event.wait(DB_RETRY_S)
                 continue
-            self.client.ack_all(batch)
+            self.client.ack_all(plan.messages)
             return
 
     def process_batch(self, batch: list[Message]) -> None:
-        """Validate the batch, then store all of it in one transaction (raises if the database fails).
+        """Validate and store a batch in one go (raises if the database fails)."""
+        self.store_plan(self.plan(batch, time.time()))
 
-        Validation touches neither the database nor the disk, so the write phase
-        is a handful of multi-row statements instead of a savepoint per message.
+    def store_plan(self, plan: "BatchPlan") -> None:
+        """Store a validated batch in one transaction (raises if the database fails).
+
+        Validation touched neither the database nor the disk, so this is a
+        handful of multi-row statements instead of a savepoint per message.
         Should the bulk write hit a fault that is not the database's (a bug
         tripped by one odd message), the batch is stored again message by
         message so only the culprit is quarantined, whole, for replay.
         """
         started = time.perf_counter()
-        received_at = time.time()
-        plan = self.plan(batch, received_at)
         try:
             with self.store.transaction():
-                self._write(plan, received_at)
+                self._write(plan)
         except self.store.db.errors:
             raise  # the database failed, not the messages: retry, acknowledge nothing
         except Exception:
-            log.exception("storing a batch of %d failed outside the database; storing it message by message", len(batch))
-            plan = self._write_one_by_one(batch, received_at)
+            log.exception("storing a batch of %d failed outside the database; storing it message by message", len(plan.messages))
+            plan = self._write_one_by_one(plan.messages, plan.received_at)
         self._count(plan, time.perf_counter() - started)
 
     def plan(self, batch: list[Message], received_at: float) -> "BatchPlan":
         """Judge every message against the contract: what to store, what to quarantine and why."""
-        plan = BatchPlan()
+        plan = BatchPlan(messages=batch, received_at=received_at)
         for message in batch:
             try:
                 self._plan_one(message, plan, received_at)
@@ -255,8 +288,9 @@ class IngestService:
         except (UnsafePath, InvalidDeviceId) as error:
             raise Rejected(str(error)) from None
 
-    def _write(self, plan: "BatchPlan", received_at: float) -> None:
+    def _write(self, plan: "BatchPlan") -> None:
         """Every write of a planned batch; call inside a transaction."""
+        received_at = plan.received_at
         plan.results_stored = self.store.add_results(plan.results, received_at)
         for device_id, (seen_at, seq, model_version) in plan.seen.items():
             self.store.touch_device(device_id, seen_at, seq, model_version)
@@ -276,19 +310,20 @@ class IngestService:
 
     def _write_one_by_one(self, batch: list[Message], received_at: float) -> "BatchPlan":
         """The slow, fault-isolating path: each message in its own savepoint."""
-        total = BatchPlan()
+        total = BatchPlan(messages=batch, received_at=received_at)
         with self.store.transaction():
             for message in batch:
                 plan = self.plan([message], received_at)
                 try:
                     with self.store.db.savepoint():
-                        self._write(plan, received_at)
+                        self._write(plan)
                 except self.store.db.errors:
                     raise
                 except Exception as error:
                     log.exception("storing %s failed", message.topic)
-                    plan = BatchPlan(rejected=[Quarantined(message, f"internal error: {type(error).__name__}: {error}", keep_whole=True)])
-                    self._write(plan, received_at)
+                    plan = BatchPlan(messages=[message], received_at=received_at,
+                                     rejected=[Quarantined(message, f"internal error: {type(error).__name__}: {error}", keep_whole=True)])
+                    self._write(plan)
                 total.absorb(plan)
         return total
 
@@ -368,6 +403,8 @@ class Quarantined:
 class BatchPlan:
     """What one batch will write, decided before the transaction opens."""
 
+    messages: list[Message] = field(default_factory=list)  # acknowledged once all this is committed
+    received_at: float = 0.0
     results: list[NewResult] = field(default_factory=list)
     frames: list[tuple[NewFrame, bytes]] = field(default_factory=list)
     statuses: list[tuple[str, str]] = field(default_factory=list)

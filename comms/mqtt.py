@@ -117,8 +117,47 @@ def build_tls_context(settings: MqttSettings) -> ssl.SSLContext:
     return context
 
 
+def _share_paho_property_tables() -> bool:
+    """Make paho's ``Properties`` cheap to create; returns whether it applied.
+
+    paho 2.x builds two 27-entry lookup tables in every ``Properties``
+    instance, and ``clear()`` probes all 27 names; every MQTT 5 message
+    received creates and clears one. That was a third of the receive path at
+    thousands of messages per second. The tables are constants that paho never
+    modifies, so every instance can share one copy; ``clear()`` then only
+    drops the properties actually set. Skipped if paho's layout differs from
+    the one this was written for.
+    """
+    prototype = Properties(PacketTypes.PUBLISH)
+    tables = {name: value for name, value in vars(prototype).items() if name != "packetType"}
+    if set(tables) != {"types", "names", "properties"} or getattr(Properties, "_emq_shared_tables", False):
+        return False
+
+    def __init__(self, packetType):
+        object.__setattr__(self, "packetType", packetType)
+        self.__dict__.update(tables)
+
+    def clear(self):
+        for name in [name for name in vars(self) if name not in _PAHO_PROPERTIES_OWN_FIELDS]:
+            delattr(self, name)
+
+    Properties.__init__ = __init__
+    Properties.clear = clear
+    Properties._emq_shared_tables = True
+    return True
+
+
+_PAHO_PROPERTIES_OWN_FIELDS = frozenset({"packetType", "types", "names", "properties"})
+_share_paho_property_tables()
+
+
+def _property(properties: Properties | None, name: str):
+    """A received property or None; a dictionary lookup, since a missing attribute costs an exception."""
+    return vars(properties).get(name) if properties is not None else None
+
+
 def _user_properties(properties: Properties | None) -> tuple[tuple[str, str], ...]:
-    pairs = getattr(properties, "UserProperty", None) or []
+    pairs = _property(properties, "UserProperty") or []
     return tuple((str(key), str(value)) for key, value in pairs)
 
 
@@ -412,27 +451,28 @@ class MqttClient:
             self._notify(False, str(reason_code))
 
     def _handle_message(self, client, userdata, message: paho.MQTTMessage) -> None:
+        topic = message.topic  # a property that decodes the bytes on every read
+        route = self._route(topic)
+        if route is None:
+            log.debug("no handler for %s", topic)
+            return
         properties = getattr(message, "properties", None)
         incoming = Message(
-            topic=message.topic,
+            topic=topic,
             payload=message.payload,
             qos=message.qos,
             retain=bool(message.retain),
             mid=message.mid,
             user_properties=_user_properties(properties),
-            content_type=getattr(properties, "ContentType", None),
-            response_topic=getattr(properties, "ResponseTopic", None),
-            correlation_data=getattr(properties, "CorrelationData", None),
+            content_type=_property(properties, "ContentType"),
+            response_topic=_property(properties, "ResponseTopic"),
+            correlation_data=_property(properties, "CorrelationData"),
         )
-        route = self._route(message.topic)
-        if route is None:
-            log.debug("no handler for %s", message.topic)
-            return
         topic_filter, handler = route
         try:
             handler(incoming)
         except Exception:  # a handler bug must not kill the network thread
-            log.exception("handler for %s failed on %s", topic_filter, message.topic)
+            log.exception("handler for %s failed on %s", topic_filter, topic)
 
     def _route(self, topic: str) -> tuple[str, Handler] | None:
         """The first handler whose filter matches, memoised per topic.

@@ -52,3 +52,42 @@ def test_qos0_frames_are_dropped_while_offline(mqtt_client, topics, broker):
     dropped = device.publish(topics.frame("cam-a"), b"frame", qos=0)
     assert dropped.done and not dropped.acknowledged
     assert "dropped" in dropped.reason
+
+
+def test_properties_survive_and_never_leak_into_the_next_message(mqtt_client, topics):
+    """Every MQTT 5 property the project uses arrives intact; a message without properties gets none
+    (paho's Properties share their lookup tables, see comms.mqtt._share_paho_property_tables)."""
+    sink = subscribe_and_wait(mqtt_client("ingest"), topics.frame("cam-a"))
+    device = mqtt_client("cam-a")
+    meta = FrameMeta(frame_number=7, captured_at="2026-11-22T03:47:13.123Z")
+    for index in range(3):
+        assert device.publish(topics.frame("cam-a"), b"with", qos=1, user_properties=meta.to_properties(),
+                              content_type=FRAME_CONTENT_TYPE, expiry_s=60, response_topic="emotion/replies/x").wait(WAIT_S)
+        assert device.publish(topics.frame("cam-a"), b"without", qos=1).wait(WAIT_S)
+    assert sink.wait_for(lambda messages: len(messages) == 6)
+    for message in sink.messages:
+        if message.payload == b"with":
+            assert FrameMeta.from_properties(list(message.user_properties)) == meta
+            assert (message.content_type, message.response_topic) == (FRAME_CONTENT_TYPE, "emotion/replies/x")
+        else:
+            assert (message.user_properties, message.content_type, message.response_topic) == ((), None, None)
+
+
+def test_shared_property_tables_pack_and_unpack_like_paho():
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    assert getattr(Properties, "_emq_shared_tables", False), "the speed-up did not apply to this paho version"
+    sent = Properties(PacketTypes.PUBLISH)
+    sent.UserProperty = [("frame_number", "7"), ("captured_at", "2026-11-22T03:47:13.123Z")]
+    sent.ContentType = FRAME_CONTENT_TYPE
+    sent.MessageExpiryInterval = 60
+    received = Properties(PacketTypes.PUBLISH)
+    received.unpack(sent.pack())
+    assert received.UserProperty == sent.UserProperty and received.ContentType == FRAME_CONTENT_TYPE
+    assert received.MessageExpiryInterval == 60
+    received.clear()
+    assert not hasattr(received, "ContentType") and received.pack() == b"\x00"
+    assert Properties(PacketTypes.CONNECT).names is sent.names  # one shared table, not one per message
+    with pytest.raises(Exception):
+        Properties(PacketTypes.CONNACK).ContentType = "x"  # paho's own checks still apply
