@@ -173,13 +173,13 @@ def count_rows(database_url: str, table: str) -> int:
         return connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
 
 
-def start_workers(workers: int, broker: MosquittoProcess, pki: Path, work: Path, database_url: str) -> list[subprocess.Popen]:
+def start_workers(workers: int, broker: MosquittoProcess, pki: Path, work: Path, database_url: str, data_dir: Path) -> list[subprocess.Popen]:
     processes = []
     for index in range(workers):
         log = work / f"ingest-{index}.log"
         env = dict(os.environ)
         env.update({
-            "EMQ_INGEST__PKI_DIR": str(pki), "EMQ_INGEST__DATA_DIR": str(work / "data"),
+            "EMQ_INGEST__PKI_DIR": str(pki), "EMQ_INGEST__DATA_DIR": str(data_dir),
             "EMQ_INGEST__DATABASE_URL": database_url, "EMQ_INGEST__MQTT__PORT": str(broker.settings.tls_port),
             "EMQ_INGEST__WORKER_NAME": f"bench{index}", "EMQ_INGEST__MQTT__CLIENT_ID": f"ingest-bench-{uuid.uuid4().hex[:6]}",
             # Sessions end with each run, so a finished run's session does not keep queuing the next run's stream.
@@ -204,8 +204,8 @@ class RunFigures:
     ceiling_results_per_s: float  # what mosquitto_sub received in the same run
 
 
-def measure_ingest(workers: int, broker, pki, topics, stream: Stream, publisher, database_url: str, work: Path) -> RunFigures:
-    processes = start_workers(workers, broker, pki, work, database_url)
+def measure_ingest(workers: int, broker, pki, topics, stream: Stream, publisher, database_url: str, work: Path, data_dir: Path) -> RunFigures:
+    processes = start_workers(workers, broker, pki, work, database_url, data_dir)
     subscriber = start_mosquitto_sub(broker, pki, topics, len(stream.results), work / "mosquitto_sub.log")
     try:
         started = publish_stream(publisher, topics, stream)
@@ -288,8 +288,11 @@ def run_all(args, stream: Stream) -> tuple[float, dict[str, RunFigures]]:
                         clear_postgres(postgres[0])
                         runs.append(("postgresql_1_worker", 1, postgres[0]))
                     for name, workers, url in runs:
-                        shutil.rmtree(work / "data", ignore_errors=True)
-                        figures = measure_ingest(workers, broker, pki, topics, stream, publisher, url, work)
+                        # A fresh data folder per run, all deleted at the end: deleting a run's
+                        # thousands of frames right before the next makes ext4 step over every
+                        # recently freed inode when it creates files for a minute or so, which
+                        # would be measured as the ingest's cost.
+                        figures = measure_ingest(workers, broker, pki, topics, stream, publisher, url, work, work / f"data-{name}-{repeat}")
                         samples.setdefault(name, []).append(figures)
                         print(f"[{repeat + 1}/{args.repeat}] {name}: {figures.stored_results_per_s:.0f} results/s stored,"
                               f" {figures.stored_frames_per_s:.0f} frames/s; mosquitto_sub in the same run {figures.ceiling_results_per_s:.0f}/s", flush=True)

@@ -48,6 +48,7 @@ STATUSES = (STATUS_ONLINE, STATUS_OFFLINE, STATUS_STOPPED)
 FRAME_CONTENT_TYPE = "image/jpeg;base64"
 JSON_CONTENT_TYPE = "application/json"
 
+_CANONICAL_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _UTC_MILLIS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_GREYSCALE = 0
@@ -140,8 +141,8 @@ class Probabilities(Message):
 
     def top(self) -> tuple[str, float]:
         values = self.as_tuple()
-        best = max(range(len(values)), key=values.__getitem__)
-        return EMOTIONS[best], values[best]
+        best = max(values)
+        return EMOTIONS[values.index(best)], best
 
     @classmethod
     def from_sequence(cls, values: Any, decimals: int = 5) -> "Probabilities":
@@ -198,10 +199,10 @@ class Face(Message):
 
     @model_validator(mode="after")
     def _label_is_top(self) -> "Face":
-        top_label, top_probability = self.probabilities.top()
+        top_probability = max(self.probabilities.as_tuple())
         label_probability = getattr(self.probabilities, self.label)
         if abs(label_probability - top_probability) > TOP_LABEL_TOLERANCE:
-            raise ValueError(f"label {self.label!r} is not the most probable class ({top_label!r})")
+            raise ValueError(f"label {self.label!r} is not the most probable class ({self.probabilities.top()[0]!r})")
         if abs(self.confidence - label_probability) > TOP_LABEL_TOLERANCE:
             raise ValueError(f"confidence {self.confidence} does not match probabilities[{self.label!r}] = {label_probability}")
         return self
@@ -246,8 +247,10 @@ class Result(Versioned):
     @field_validator("msg_id")
     @classmethod
     def _msg_id_is_uuid(cls, value: str) -> str:
+        if _CANONICAL_UUID_RE.fullmatch(value):  # what every sender we know writes: a quick check
+            return value
         try:
-            uuid.UUID(value)
+            uuid.UUID(value)  # any other spelling uuid.UUID accepts
         except ValueError:
             raise ValueError("msg_id must be a UUID") from None
         return value
