@@ -9,7 +9,6 @@ legacy fields matching the top face) live in the validators below.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import re
 import struct
@@ -18,6 +17,7 @@ from datetime import datetime, timezone
 from functools import cached_property
 from typing import Annotated, Any, Literal
 
+import pybase64
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from contract.emotions import EMOTIONS
@@ -156,7 +156,7 @@ class Probabilities(Message):
 def decode_crop_png(text: str) -> bytes:
     """A face crop must be base64 of a 64x64 greyscale PNG; returns the PNG bytes."""
     try:
-        raw = base64.b64decode(text, validate=True)
+        raw = pybase64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as error:
         raise ValueError(f"crop is not valid base64: {error}") from None
     if not raw.startswith(_PNG_SIGNATURE) or len(raw) < 33 or raw[12:16] != b"IHDR":

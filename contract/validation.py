@@ -9,11 +9,11 @@ error reply, never a crash.
 
 from __future__ import annotations
 
-import base64
 import binascii
 from dataclasses import dataclass
 from typing import TypeVar
 
+import pybase64
 from pydantic import BaseModel, ValidationError
 
 from contract.messages import (
@@ -115,7 +115,7 @@ def parse_frame(payload: bytes | str) -> bytes:
         payload = payload.encode("ascii", "replace")
     _check_size(payload, MAX_FRAME_BYTES, "frame")
     try:
-        jpeg = base64.b64decode(payload.strip(), validate=True)
+        jpeg = pybase64.b64decode(payload.strip(), validate=True)
     except (binascii.Error, ValueError) as error:
         raise ContractError(f"frame is not valid base64: {error}") from None
     if not jpeg.startswith(_JPEG_START):

@@ -7,7 +7,6 @@ lost offline); frames and stats are live data (QoS 0, dropped offline).
 
 from __future__ import annotations
 
-import base64
 import logging
 import threading
 import time
@@ -16,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import pybase64
 
 from comms.mqtt import Availability, MqttClient, MqttError
 from contract.messages import (
@@ -84,7 +84,7 @@ def to_contract_face(face: FaceResult, frame_width: int, frame_height: int, incl
     x, y, w, h = (int(value) for value in face.box)
     x, y = max(x, 0), max(y, 0)
     w, h = max(min(w, frame_width - x), 1), max(min(h, frame_height - y), 1)
-    crop = base64.b64encode(encode_png(face.crop64)).decode() if include_crop else None
+    crop = pybase64.b64encode(encode_png(face.crop64)).decode() if include_crop else None
     return Face(
         box=Box(x=x, y=y, w=w, h=h),
         probabilities=probabilities,
@@ -305,7 +305,7 @@ class EdgeAgent:
             return 0.0, 0.0
         encode_started = time.perf_counter()
         jpeg = encode_jpeg(analysis.annotated, self.config.publish.jpeg_quality, self.config.publish.frame_max_width)
-        payload = base64.b64encode(jpeg)
+        payload = pybase64.b64encode(jpeg)
         encoded = time.perf_counter()
         seq, msg_id = result_ref if result_ref else (None, "")
         meta = FrameMeta(frame_number=frame_number, captured_at=utc_millis(captured_at), result_seq=seq, result_msg_id=msg_id)
