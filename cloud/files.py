@@ -32,8 +32,9 @@ class DataFolder:
     def __init__(self, root: Path) -> None:
         root.mkdir(parents=True, exist_ok=True)
         self.root = root.resolve()
-        # Folders already checked (and created): a day's frames share one, so
-        # resolving symlinks and creating the folder happens once, not per frame.
+        # Folders already checked, and created: a day's frames share one, so
+        # resolving symlinks and creating the folder happen once, not per frame.
+        self._resolved: dict[Path, Path] = {}
         self._ready: dict[Path, Path] = {}
 
     def _inside(self, relative: Path) -> Path:
@@ -48,7 +49,7 @@ class DataFolder:
         _check_file_name(name)
         day = datetime.fromtimestamp(captured_at, timezone.utc).strftime("%Y-%m-%d")
         relative = Path(kind) / device_id / day / name
-        self._inside(relative.parent)
+        self._checked(relative.parent)
         return relative
 
     def write(self, relative: Path, data: bytes) -> Path:
@@ -58,12 +59,24 @@ class DataFolder:
             return self._write_in(self._folder(relative.parent), relative.name, data)
         except FileNotFoundError:  # the folder was removed behind our back: check and create it again
             self._ready.pop(relative.parent, None)
+            self._resolved.pop(relative.parent, None)
             return self._write_in(self._folder(relative.parent), relative.name, data)
 
-    def _folder(self, relative: Path) -> Path:
-        folder = self._ready.get(relative)
+    def _checked(self, relative: Path) -> Path:
+        """The absolute folder, checked to lie inside (resolving symlinks costs a system call per level)."""
+        folder = self._resolved.get(relative)
         if folder is None:
             folder = self._inside(relative)
+            if len(self._resolved) >= _MAX_MEMOISED_DIRECTORIES:
+                self._resolved.clear()
+            self._resolved[relative] = folder
+        return folder
+
+    def _folder(self, relative: Path) -> Path:
+        """The checked folder, created if needed."""
+        folder = self._ready.get(relative)
+        if folder is None:
+            folder = self._checked(relative)
             folder.mkdir(parents=True, exist_ok=True)
             if len(self._ready) >= _MAX_MEMOISED_DIRECTORIES:
                 self._ready.clear()
