@@ -32,10 +32,10 @@ from cloud.inbox import BatchInbox
 from cloud.jpeg import NotAJpeg, jpeg_size
 from cloud.metrics import IngestMetrics
 from cloud.retention import sweep
-from cloud.store import NewFrame, NewResult, Store, epoch
+from cloud.store import NewFrame, NewResult, Store
 from comms.mqtt import Message, MqttClient
 from contract.topics import Channel, InvalidDeviceId, Topics
-from contract.messages import Stats
+from contract.messages import Stats, utc_millis_epoch
 from contract.validation import ContractError, FrameMeta, parse_frame, parse_result, parse_stats, parse_status
 
 log = logging.getLogger(__name__)
@@ -352,7 +352,7 @@ class IngestService:
         if not self.config.store_frames:
             return
         meta = FrameMeta.from_properties(list(message.user_properties)) if message.user_properties else None
-        captured_at = epoch(meta.captured_at) if meta else received_at
+        captured_at = utc_millis_epoch(meta.captured_at) if meta else received_at
         frame_number = meta.frame_number if meta else 0
         stamp = time.strftime("%H%M%S", time.gmtime(captured_at)) + f"{int(captured_at * 1000) % 1000:03d}"
         relative = self.files.relative_path("frames", device_id, captured_at, f"{stamp}-f{frame_number}.jpg")

@@ -17,14 +17,10 @@ from typing import Iterable
 
 from cloud.db import Database
 from contract.emotions import EMOTIONS
-from contract.messages import Result, parse_utc_millis
+from contract.messages import Result
 
 QUARANTINE_HEAD_BYTES = 256
 PROBABILITY_COLUMNS = ", ".join(f"p_{name}" for name in EMOTIONS)
-
-
-def epoch(text: str) -> float:
-    return parse_utc_millis(text).timestamp()
 
 
 @dataclass(frozen=True)
