@@ -8,10 +8,18 @@ How nothing is lost:
   again after restarting;
 * idempotent on ``msg_id``: a redelivered result is stored once.
 
-How bad input is survived: each message is handled inside its own savepoint;
-anything the contract rejects (or that fails to decode) becomes a quarantine
-record with the reason, a counter and a log line, and the rest of the batch
-commits. Nothing is written outside the data folder (:mod:`cloud.files`).
+How bad input is survived: a batch is first judged message by message
+against the contract, touching neither database nor disk; anything rejected
+(or failing to decode) becomes a quarantine record with the reason, a counter
+and a log line, and the rest of the batch commits. Should storing trip on a
+fault that is not the database's, the batch is stored again one message per
+savepoint so only the culprit is quarantined. Nothing is written outside the
+data folder (:mod:`cloud.files`).
+
+How it keeps up (``bench/bench_ingest.py``): paho's network thread leaves
+messages in a :class:`~cloud.inbox.BatchInbox`; the main thread validates a
+batch while a writer thread commits the previous one in a few multi-row
+statements and acknowledges it with one write.
 """
 
 from __future__ import annotations
@@ -201,13 +209,19 @@ class IngestService:
         return self.inbox.take(first_wait_s=0.2, fill_wait_s=self.config.batch_wait_ms / 1000.0)
 
     def _commit_with_retry(self, plan: "BatchPlan") -> None:
-        """Store the batch in one transaction, then acknowledge it. A database outage is retried, never acked."""
-        while not self.stop_event.is_set():
+        """Store the batch in one transaction, then acknowledge it. A database outage is retried, never acked.
+
+        Batches already validated when a stop is asked for are still stored (a
+        clean stop leaves nothing for the broker to resend); a failing one is
+        then left unacknowledged for the next start.
+        """
+        while True:
             try:
                 self.store_plan(plan)
             except Exception:
                 log.exception("storing a batch of %d failed; retrying in %.0f s (nothing acknowledged)", len(plan.messages), DB_RETRY_S)
-                self.stop_event.wait(DB_RETRY_S)
+                if self.stop_event.wait(DB_RETRY_S):
+                    return
                 continue
             self.client.ack_all(plan.messages)
             return
