@@ -123,3 +123,28 @@ def test_an_admin_sends_commands_and_sees_the_device_reply(webui, page, mqtt_cli
     expect(tile.locator(".reply")).to_have_text('set_fps: ok {"fps":2.5}')
     assert [(command.command, command.args) for command in received] == [("ping", {}), ("set_fps", {"fps": 2.5})]
     screenshot(page, "webui-live-command-reply")
+
+
+def test_bars_of_an_earlier_frame_are_dimmed_until_the_frame_s_own_result_arrives(webui, page, mqtt_client):
+    """A frame may overtake its result (results go through the device's outbox): the bars must not pass
+    the previous frame's result off as this one's."""
+    from playwright.sync_api import expect
+
+    open_live_page(page, webui, "viewer")
+    device = DeviceClient(mqtt_client("cam-a", availability=device_availability("cam-a")), "cam-a")
+    first = device.publish_result([face_with("happy", 0.9, track_id=1)])
+    device.publish_frame(synthetic_jpeg("first"), first)
+    tile = page.locator('.tile[data-device="cam-a"]')
+    faces = tile.locator(".faces")
+    expect(tile.locator(".face-label")).to_have_text("happy 90%")
+    expect(faces).not_to_have_class("faces awaiting-result")
+
+    late = device.prepare_result([face_with("surprise", 0.7, track_id=1)])
+    payload = device.publish_frame(synthetic_jpeg("second", seed=2), late)  # the frame first
+    expect(tile.locator(".frame-img")).to_have_attribute("src", f"data:image/jpeg;base64,{payload}")
+    expect(faces).to_have_class("faces awaiting-result")
+    expect(tile.locator(".face-label")).to_have_text("happy 90%")  # still the earlier bars, dimmed
+
+    device.publish_result(prepared=late)  # then its result
+    expect(tile.locator(".face-label")).to_have_text("surprise 70%")
+    expect(faces).to_have_class("faces")

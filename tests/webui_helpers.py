@@ -282,9 +282,14 @@ class DeviceClient:
         stats = stats_for(self.device, fps, paused)
         self.client.publish(self.topics.stats(self.device), stats.to_json(), qos=0, retain=True, content_type=JSON_CONTENT_TYPE)
 
-    def publish_result(self, faces: list[Face]):
+    def prepare_result(self, faces: list[Face]):
+        """The next result, not yet published (to send its frame first, as a real device may)."""
         result = result_with(self.device, self.seq, faces)
         self.seq += 1
+        return result
+
+    def publish_result(self, faces: list[Face] | None = None, prepared=None):
+        result = prepared or self.prepare_result(faces or [])
         delivery = self.client.publish(self.topics.result(self.device), result.to_json(), qos=1, content_type=JSON_CONTENT_TYPE)
         assert delivery.wait(WAIT_S), "result not acknowledged"
         return result

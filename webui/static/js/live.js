@@ -119,8 +119,11 @@
     tile.shownFrame = frame;
     tile.frameShownAt = Date.now();
     // Bars follow the picture: this frame's own result if the server had it, none if the frame had no face.
+    // A frame can overtake its result (frames go straight out, results through the device's outbox):
+    // until that result arrives the bars on screen belong to an earlier frame, and are shown dimmed.
     if (frame.result) renderResult(tile, frame.result);
     else if (frame.frame_number !== null && !frame.result_msg_id) renderResult(tile, { faces: [] });
+    else if (frame.result_msg_id) tile.faces.classList.add("awaiting-result");
     const { result, ...detail } = frame;
     document.dispatchEvent(new CustomEvent("emq:frame-shown", { detail: { device: tile.device, ...detail, shown_at: Date.now() } }));
   }
@@ -142,7 +145,7 @@
   }
 
   function renderResult(tile, result) {
-    tile.faces.classList.remove("no-result");
+    tile.faces.classList.remove("no-result", "awaiting-result");
     renderFaces(tile, result.faces);
     tile.element.querySelector(".face-count").textContent = String(result.faces.length);
     if (result.model) showModel(tile, result.model);
