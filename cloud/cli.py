@@ -1,11 +1,14 @@
 """``emq-ingest``: run one cloud ingest worker.
 
     emq-ingest [--config ingest.toml] [--worker-name 2] [--shared-group ingest] [--database-url URL]
+    emq-ingest --worker-name 2 --shared-group ingest --retire   # after stopping worker 2 for good
 
 Settings: TOML file, then ``EMQ_INGEST__*`` environment variables, then these
 flags. Several workers share the stream with the same ``--shared-group`` and
-distinct ``--worker-name``s. Exit codes: 0 on SIGINT/SIGTERM, 2 bad config,
-3 database unreachable.
+distinct ``--worker-name``s. ``--retire`` hands in what the broker still holds
+for a worker that will not come back (see IngestService.retire). Exit codes:
+0 on SIGINT/SIGTERM (or a finished retirement), 2 bad config, 3 database
+unreachable, 4 retirement failed (the session is left as it was).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from cloud.ingest import IngestService
 from common.cli import configure_logging, load_or_exit, print_config, stop_on_signals
 
 EXIT_DATABASE = 3
+EXIT_RETIRE_FAILED = 4
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--worker-name", help="override worker_name (client id ingest-<name>)")
     parser.add_argument("--shared-group", help="override shared_group")
     parser.add_argument("--database-url", help="override database_url")
+    parser.add_argument("--retire", action="store_true", help="store what the broker holds for this (stopped) worker, then end its session")
     parser.add_argument("--print-config", action="store_true")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
@@ -47,10 +52,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     stop_event = stop_on_signals("cloud")
     try:
+        if args.retire:
+            return _retire(IngestService(config, stop_event))
         IngestService(config, stop_event).run()
     except DatabaseError as error:
         print(f"emq-ingest: {error}", file=sys.stderr)
         return EXIT_DATABASE
+    return 0
+
+
+def _retire(service: IngestService) -> int:
+    try:
+        totals = service.retire()
+    except RuntimeError as error:
+        print(f"emq-ingest: retiring {service.config.mqtt.client_id} failed: {error}", file=sys.stderr)
+        return EXIT_RETIRE_FAILED
+    print(f"retired {service.config.mqtt.client_id}: stored {totals['results']} results, {totals['frames']} frames,"
+          f" quarantined {totals['quarantined']}; its session is gone")
     return 0
 
 

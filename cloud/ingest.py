@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 SUBSCRIBED = (Channel.RESULT, Channel.FRAME, Channel.STATUS, Channel.STATS)
 QUARANTINE_LOGS_PER_MINUTE = 20
 DB_RETRY_S = 1.0
+RETIRE_QUIET_S = 3.0  # a retiring worker's session is drained once nothing has arrived for this long
+RETIRE_CONNECT_S = 30.0
 _SWEEP, _STOP = object(), object()  # writer-thread orders besides batches
 
 
@@ -140,6 +142,39 @@ class IngestService:
             self.files.root, self.config.mqtt.host, self.config.mqtt.port,
             f", shared group {self.config.shared_group}" if self.config.shared_group else "",
         )
+
+    def retire(self, quiet_s: float = RETIRE_QUIET_S) -> dict:
+        """Take this worker out of service for good, leaving nothing behind in the broker.
+
+        While a worker with a persistent session is away, the broker keeps its
+        round-robin share of a shared subscription for it (Mosquitto does), to
+        deliver when it comes back. A worker that will not come back hands that
+        share in here: it connects under its own client id, ends its
+        subscriptions (no new messages come its way), stores and acknowledges
+        what the session still holds until nothing has arrived for ``quiet_s``,
+        then has the broker discard the session. Stop the worker first: two
+        clients with one id would keep taking the connection from each other.
+        """
+        self.store = Store(self.config.database_url)
+        self.client = MqttClient(self.config.mqtt, manual_ack=True)
+        filters = subscription_filters(self.topics, self.config.shared_group)
+        for topic_filter in filters:
+            self.client.route(topic_filter, self.inbox.put)
+        self.client.start()
+        try:
+            if not self.client.wait_connected(RETIRE_CONNECT_S):
+                raise RuntimeError(f"cannot reach the broker: {self.client.last_error}")
+            for topic_filter in filters:
+                delivery = self.client.unsubscribe(topic_filter)
+                if delivery is None or not delivery.wait(RETIRE_CONNECT_S) or delivery.reason:
+                    raise RuntimeError(f"could not unsubscribe {topic_filter}: {delivery.reason if delivery else 'connection lost'}")
+            while batch := self.inbox.take(first_wait_s=quiet_s, fill_wait_s=self.config.batch_wait_ms / 1000.0):
+                self._commit_with_retry(self.plan(batch, time.time()))
+            self.client.stop(announce_stopped=False, end_session=True)
+        finally:
+            self.store.close()
+        log.info("retired %s: session ended after storing what it held: %s", self.config.mqtt.client_id, json.dumps(self.counters.snapshot()))
+        return self.counters.snapshot()
 
     def stop(self) -> None:
         if self.client is not None:

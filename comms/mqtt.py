@@ -212,6 +212,7 @@ class MqttClient:
         self.availability = availability
         self._on_connection_change = on_connection_change
         self._handlers: list[tuple[str, int, Handler]] = []
+        self._routed_only: list[tuple[str, Handler]] = []  # unsubscribed filters whose held messages still arrive
         self._routes: dict[str, tuple[str, Handler] | None] = {}
         self._deliveries: dict[int, Delivery] = {}
         self._early_acks: dict[int, str | None] = {}
@@ -250,6 +251,7 @@ class MqttClient:
         client.on_message = self._handle_message
         client.on_publish = self._handle_publish
         client.on_subscribe = self._handle_subscribe
+        client.on_unsubscribe = self._handle_unsubscribe
         client.on_socket_open = self._handle_socket_open
         return client
 
@@ -280,14 +282,22 @@ class MqttClient:
     def connected(self) -> bool:
         return self._connected.is_set()
 
-    def stop(self, *, announce_stopped: bool = True, timeout: float = 5.0) -> None:
-        """Clean shutdown: announce ``stopped`` (so no will fires), disconnect, end the loop."""
+    def stop(self, *, announce_stopped: bool = True, timeout: float = 5.0, end_session: bool = False) -> None:
+        """Clean shutdown: announce ``stopped`` (so no will fires), disconnect, end the loop.
+
+        ``end_session`` asks the broker to discard this client id's persistent
+        session now (MQTT 5 session expiry 0 on DISCONNECT) instead of keeping it.
+        """
         self._stopping = True
         if self.availability is not None and announce_stopped and self.connected:
             delivery = self.publish(self.availability.topic, self.availability.stopped, qos=1, retain=True)
             if not delivery.wait(timeout):
                 log.warning("broker did not acknowledge the 'stopped' status within %.1f s", timeout)
-        self._client.disconnect()
+        properties = None
+        if end_session:
+            properties = Properties(PacketTypes.DISCONNECT)
+            properties.SessionExpiryInterval = 0
+        self._client.disconnect(properties=properties)
         self._client.loop_stop()
         self._connected.clear()
 
@@ -362,6 +372,35 @@ class MqttClient:
         if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
             return None  # lost the connection meanwhile: on_connect subscribes again
         delivery = Delivery(mid=mid, qos=qos)
+        self._track(delivery)
+        return delivery
+
+    def route(self, topic_filter: str, handler: Handler) -> None:
+        """Send messages matching ``topic_filter`` to ``handler`` without subscribing to it.
+
+        For the messages a persistent session already holds from subscriptions
+        made earlier (see :meth:`unsubscribe`).
+        """
+        self._routed_only.append((topic_filter, handler))
+        self._routes = {}
+
+    def unsubscribe(self, topic_filter: str) -> Delivery | None:
+        """End a subscription; the handle completes on the broker's UNSUBACK (None if offline).
+
+        Messages the broker already holds for this session under that filter
+        (queued while away, or in flight) still arrive, and still reach the
+        handler; no new ones do, and it is not renewed on reconnect.
+        """
+        kept = [entry for entry in self._handlers if entry[0] != topic_filter]
+        self._routed_only += [(f, handler) for f, _qos, handler in self._handlers if f == topic_filter]
+        self._handlers = kept
+        self._routes = {}
+        if not self.connected:
+            return None
+        result, mid = self._client.unsubscribe(topic_filter)
+        if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return None
+        delivery = Delivery(mid=mid, qos=0)
         self._track(delivery)
         return delivery
 
@@ -486,7 +525,8 @@ class MqttClient:
             return routes[topic]
         except KeyError:
             pass
-        route = next(((f, handler) for f, _qos, handler in self._handlers if topic_matches(f, topic)), None)
+        candidates = [(f, handler) for f, _qos, handler in self._handlers] + self._routed_only
+        route = next(((f, handler) for f, handler in candidates if topic_matches(f, topic)), None)
         if len(routes) >= _MAX_MEMOISED_ROUTES:
             routes.clear()
         routes[topic] = route
@@ -495,6 +535,10 @@ class MqttClient:
     def _handle_publish(self, client, userdata, mid: int, reason_code: ReasonCode, properties) -> None:
         reason = None if not reason_code.is_failure else f"broker rejected publish: {reason_code}"
         self._complete(mid, reason)
+
+    def _handle_unsubscribe(self, client, userdata, mid: int, reason_codes: list[ReasonCode], properties) -> None:
+        failures = [str(code) for code in reason_codes if code.is_failure]
+        self._complete(mid, f"broker refused to unsubscribe: {', '.join(failures)}" if failures else None)
 
     def _handle_subscribe(self, client, userdata, mid: int, reason_codes: list[ReasonCode], properties) -> None:
         failures = [str(code) for code in reason_codes if code.is_failure]

@@ -15,7 +15,7 @@ from cloud.store import Store
 from contract.messages import FRAME_CONTENT_TYPE
 from tests import factories
 from tests.cloud_helpers import database_url, frame_properties, ingest_env, jpeg_b64, start_ingest  # noqa: F401 (fixture)
-from tests.conftest import WAIT_S, wait_until
+from tests.conftest import WAIT_S, console_script, wait_until
 
 STREAM_WAIT_S = 60.0
 
@@ -135,6 +135,36 @@ def test_shared_subscription_workers_store_a_stream_once(broker, pki_dir, tmp_pa
     assert sum(totals["results"] for totals in per_worker) == 1000
     assert all(totals["results"] > 0 for totals in per_worker), per_worker  # the stream was really shared
     assert all(totals["duplicates"] == 0 for totals in per_worker)
+    store.close()
+
+
+def test_a_retired_worker_hands_in_what_the_broker_held_for_it(broker, pki_dir, tmp_path, mqtt_client, topics, spawned):
+    """A stopped worker's persistent session keeps its share of a shared subscription; `--retire` stores that
+    share and ends the session, so nothing waits for a worker that will not come back."""
+    database = f"sqlite:///{tmp_path / 'cloud.db'}"
+    envs = {name: ingest_env(pki_dir, broker.settings.tls_port, tmp_path / "data", database, WORKER_NAME=name, SHARED_GROUP="ingest")
+            for name in ("w0", "w1")}
+    staying = launch(spawned, envs["w0"], tmp_path, "w0")
+    leaving = launch(spawned, envs["w1"], tmp_path, "w1")
+    leaving.send_signal(signal.SIGTERM)
+    assert leaving.wait(WAIT_S) == 0
+    store = Store(database)
+    device = mqtt_client("cam-a")
+    published = [device.publish(topics.result("cam-a"), factories.result(seq=seq).to_json(), qos=1) for seq in range(600)]
+    assert all(delivery.wait(STREAM_WAIT_S) for delivery in published)
+    assert wait_until(lambda: stored_count(store) >= 200, STREAM_WAIT_S)
+    assert stored_count(store) < 600, "the stopped worker's share should be waiting in its session"
+
+    retirement = subprocess.run([console_script("emq-ingest"), "--retire"], env=envs["w1"], capture_output=True, text=True, timeout=120)
+    assert retirement.returncode == 0, retirement.stderr[-2000:]
+    held = int(re.search(r"stored (\d+) results", retirement.stdout).group(1))
+    assert held > 0
+    assert wait_until(lambda: stored_count(store) == 600, STREAM_WAIT_S)
+
+    later = [device.publish(topics.result("cam-a"), factories.result(seq=seq).to_json(), qos=1) for seq in range(600, 700)]
+    assert all(delivery.wait(STREAM_WAIT_S) for delivery in later)
+    assert wait_until(lambda: stored_count(store) == 700, STREAM_WAIT_S), "new messages still went to the retired worker"
+    assert staying.poll() is None
     store.close()
 
 
