@@ -385,11 +385,13 @@ class MqttClient:
         self._routes = {}
 
     def unsubscribe(self, topic_filter: str) -> Delivery | None:
-        """End a subscription; the handle completes on the broker's UNSUBACK (None if offline).
+        """End a subscription; the handle completes on the broker's UNSUBACK.
 
         Messages the broker already holds for this session under that filter
         (queued while away, or in flight) still arrive, and still reach the
-        handler; no new ones do, and it is not renewed on reconnect.
+        handler; no new ones do, and it is not renewed on reconnect. Returns
+        None when offline: a persistent session then still has the
+        subscription at the broker, so call again once connected.
         """
         kept = [entry for entry in self._handlers if entry[0] != topic_filter]
         self._routed_only += [(f, handler) for f, _qos, handler in self._handlers if f == topic_filter]
