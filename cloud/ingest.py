@@ -161,6 +161,7 @@ class IngestService:
         for topic_filter in filters:
             self.client.route(topic_filter, self.inbox.put)
         self.client.start()
+        drained = False
         try:
             if not self.client.wait_connected(RETIRE_CONNECT_S):
                 raise RuntimeError(f"cannot reach the broker: {self.client.last_error}")
@@ -170,8 +171,14 @@ class IngestService:
                     raise RuntimeError(f"could not unsubscribe {topic_filter}: {delivery.reason if delivery else 'connection lost'}")
             while batch := self.inbox.take(first_wait_s=quiet_s, fill_wait_s=self.config.batch_wait_ms / 1000.0):
                 self._commit_with_retry(self.plan(batch, time.time()))
-            self.client.stop(announce_stopped=False, end_session=True)
+            if self.client.connect_count != 1 or not self.client.connected:
+                # Another client with this id (the worker itself, still running) took the
+                # connection over, or the broker went away: the session may hold more.
+                raise RuntimeError("the connection was taken over or lost while draining; is the worker still running? "
+                                   "Stop it, then retire again (what was stored stays stored, the session is kept)")
+            drained = True
         finally:
+            self.client.stop(announce_stopped=False, end_session=drained)
             self.store.close()
         log.info("retired %s: session ended after storing what it held: %s", self.config.mqtt.client_id, json.dumps(self.counters.snapshot()))
         return self.counters.snapshot()

@@ -168,6 +168,22 @@ def test_a_retired_worker_hands_in_what_the_broker_held_for_it(broker, pki_dir, 
     store.close()
 
 
+def test_retiring_a_worker_that_still_runs_is_refused_and_loses_nothing(broker, pki_dir, tmp_path, mqtt_client, topics, spawned):
+    database = f"sqlite:///{tmp_path / 'cloud.db'}"
+    env = ingest_env(pki_dir, broker.settings.tls_port, tmp_path / "data", database, WORKER_NAME="w1", SHARED_GROUP="ingest")
+    running = launch(spawned, env, tmp_path, "w1")
+    retirement = subprocess.run([console_script("emq-ingest"), "--retire"], env=env, capture_output=True, text=True, timeout=120)
+    assert retirement.returncode == 4, retirement.stdout + retirement.stderr[-2000:]
+    assert "still running" in retirement.stderr
+    store = Store(database)
+    device = mqtt_client("cam-a")
+    published = [device.publish(topics.result("cam-a"), factories.result(seq=seq).to_json(), qos=1) for seq in range(50)]
+    assert all(delivery.wait(STREAM_WAIT_S) for delivery in published)
+    assert wait_until(lambda: stored_count(store) == 50, STREAM_WAIT_S), "the worker lost its subscription"
+    assert running.poll() is None
+    store.close()
+
+
 def totals_of(log_text: str) -> dict:
     """The last 'ingest totals' line a worker logged."""
     line = [line for line in log_text.splitlines() if "ingest totals:" in line][-1]
