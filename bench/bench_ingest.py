@@ -41,7 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from broker.config import BrokerSettings  # noqa: E402
-from broker.identities import init_pki  # noqa: E402
+from broker.identities import IdentityRegistry, Role, init_pki  # noqa: E402
+from broker.pki import PkiPaths  # noqa: E402
 from broker.runner import MosquittoProcess  # noqa: E402
 from comms.mqtt import MqttClient  # noqa: E402
 from comms.settings import pki_mqtt_settings  # noqa: E402
@@ -99,11 +100,12 @@ def record(max_frames: int) -> Recorded:
 def build_stream(recorded: Recorded, results: int, frames: int) -> Stream:
     """Cycle the recording into a stream with fresh ids, contiguous seqs and times."""
     start = datetime.now(timezone.utc)
+    epoch = uuid.uuid4().hex[:16]
     payloads = []
     for seq in range(results):
         index = seq % len(recorded.faces)
         result = make_result(
-            device_id=DEVICE, seq=seq, source="file:woman2.mp4", video_file="woman2.mp4", frame_number=seq,
+            device_id=DEVICE, epoch=epoch, seq=seq, source="file:woman2.mp4", video_file="woman2.mp4", frame_number=seq,
             captured_at=start + timedelta(milliseconds=33 * seq), frame_width=recorded.width, frame_height=recorded.height,
             model_name="mini_xception_fer2013", model_version="1.0.0", faces=recorded.faces[index],
         )
@@ -173,6 +175,13 @@ def count_rows(database_url: str, table: str) -> int:
         return connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
 
 
+def add_worker_identities(pki: Path, workers: int) -> None:
+    registry = IdentityRegistry(PkiPaths(pki))
+    for index in range(workers):
+        registry.ensure(f"ingest-{index + 1}", Role.INGEST)
+    registry.save()
+
+
 def start_workers(workers: int, broker: MosquittoProcess, pki: Path, work: Path, database_url: str, data_dir: Path) -> list[subprocess.Popen]:
     processes = []
     for index in range(workers):
@@ -181,7 +190,8 @@ def start_workers(workers: int, broker: MosquittoProcess, pki: Path, work: Path,
         env.update({
             "EMQ_INGEST__PKI_DIR": str(pki), "EMQ_INGEST__DATA_DIR": str(data_dir),
             "EMQ_INGEST__DATABASE_URL": database_url, "EMQ_INGEST__MQTT__PORT": str(broker.settings.tls_port),
-            "EMQ_INGEST__WORKER_NAME": f"bench{index}", "EMQ_INGEST__MQTT__CLIENT_ID": f"ingest-bench-{uuid.uuid4().hex[:6]}",
+            # Each worker is its own broker identity (ingest-1, ingest-2), which is also its client id.
+            "EMQ_INGEST__WORKER_NAME": str(index + 1),
             # Sessions end with each run, so a finished run's session does not keep queuing the next run's stream.
             "EMQ_INGEST__MQTT__SESSION_EXPIRY_S": "0", "EMQ_INGEST__MQTT__CLEAN_START": "true", "EMQ_INGEST__METRICS_PORT": "0",
         })
@@ -287,6 +297,7 @@ def run_all(args, stream: Stream) -> tuple[float, dict[str, Medians]]:
         work = Path(temporary)
         pki = work / "pki"
         init_pki(pki, devices=[DEVICE])
+        add_worker_identities(pki, 2)
         from tests.conftest import free_port
 
         settings = BrokerSettings(pki_dir=pki, state_dir=work / "broker", bind_address="127.0.0.1", tls_port=free_port(), password_port=None)

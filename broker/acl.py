@@ -18,6 +18,10 @@ def device_rules(topics: Topics, device_id: str) -> list[str]:
     rules = [f"topic write {topics.device(device_id, channel)}" for channel in DEVICE_WRITES]
     rules += [
         f"topic read {topics.command(device_id)}",
+        # What the cloud has stored of this device's results (the ingest's retained mark).
+        f"topic read {topics.stored(device_id)}",
+        # Whether the ingest workers are up (a worker coming online makes the edge resend what is unconfirmed).
+        f"topic read {topics.all_service_status}",
         f"topic read {topics.prefix}/devices/{device_id}/model/#",
         f"topic read {topics.prefix}/models/#",
         # Home Assistant MQTT discovery: this device's own config topics only.
@@ -26,11 +30,14 @@ def device_rules(topics: Topics, device_id: str) -> list[str]:
     return rules
 
 
-def service_rules(topics: Topics, role: Role) -> list[str]:
+def service_rules(topics: Topics, role: Role, name: str) -> list[str]:
     devices = f"{topics.prefix}/devices"
     models = f"{topics.prefix}/models/#"
     if role is Role.INGEST:
-        return [f"topic read {devices}/#", f"topic read {models}"]
+        return [
+            f"topic read {devices}/#", f"topic read {models}",
+            f"topic write {topics.all_devices(Channel.STORED)}", f"topic write {topics.service_status(name)}",
+        ]
     if role is Role.WEBUI:
         return [f"topic read {devices}/#", f"topic read {models}", f"topic write {topics.all_devices(Channel.COMMAND)}"]
     if role is Role.RETRAIN:
@@ -56,7 +63,7 @@ def service_rules(topics: Topics, role: Role) -> list[str]:
 def rules_for(topics: Topics, name: str, identity: Identity) -> list[str]:
     if identity.role is Role.DEVICE:
         return device_rules(topics, name)
-    return service_rules(topics, identity.role)
+    return service_rules(topics, identity.role, name)
 
 
 def render_acl(topics: Topics, identities: dict[str, Identity]) -> str:

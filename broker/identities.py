@@ -63,7 +63,8 @@ class IdentityError(ValueError):
 
 def check_identity_name(name: str, role: Role) -> str:
     check_device_id(name)
-    if role is Role.DEVICE and name in RESERVED_IDENTITIES:
+    if role is Role.DEVICE and (name in RESERVED_IDENTITIES or name.split("-", 1)[0] in RESERVED_IDENTITIES):
+        # `ingest-2` is how a second ingest worker is named; a device must not take such a name.
         raise IdentityError(f"{name!r} is reserved for a service; choose another device id")
     return name
 

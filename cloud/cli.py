@@ -29,7 +29,7 @@ EXIT_RETIRE_FAILED = 4
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emq-ingest", description="Store every device message for history and retraining.")
     parser.add_argument("--config", type=Path)
-    parser.add_argument("--worker-name", help="override worker_name (client id ingest-<name>)")
+    parser.add_argument("--worker-name", help="override worker_name (identity and client id ingest-<name>)")
     parser.add_argument("--shared-group", help="override shared_group")
     parser.add_argument("--database-url", help="override database_url")
     parser.add_argument("--retire", action="store_true", help="store what the broker holds for this (stopped) worker, then end its session")

@@ -24,9 +24,22 @@ class RetentionSettings(StrictSettings):
     )
 
 
+class StoredMarkSettings(StrictSettings):
+    min_interval_s: Annotated[float, Field(gt=0, le=10)] = Field(
+        default=0.2, description="Publish a device's stored mark at most this often while it moves."
+    )
+    repeat_s: Annotated[float, Field(gt=0)] = Field(
+        default=5.0, description="Repeat an unchanged mark this often while the device sends (the edge sees we are alive)."
+    )
+
+
 class IngestConfig(StrictSettings):
     pki_dir: Path = Field(default=Path("var/pki"), description="Where `emq-pki` put ca.crt and clients/ingest.crt/.key.")
-    worker_name: str = Field(default="1", pattern=r"^[A-Za-z0-9_-]{1,32}$", description="Makes the fixed client id ingest-<name>.")
+    worker_name: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_-]{1,32}$",
+        description="A named worker is the broker identity ingest-<name> (its own certificate: emq-pki add ingest-<name> "
+        "--role ingest); unnamed, it is the identity `ingest`. The identity is also the fixed client id.",
+    )
     database_url: str = Field(default="sqlite:///var/cloud/emotion.db", description="sqlite:///path or postgresql://user:pass@host/db")
     data_dir: Path = Field(default=Path("var/cloud/data"), description="Frames and face crops are written below this folder only.")
     shared_group: str | None = Field(
@@ -41,10 +54,16 @@ class IngestConfig(StrictSettings):
     metrics_address: str = Field(default="127.0.0.1", description="Address the metrics server binds (0.0.0.0 to let Prometheus scrape from elsewhere).")
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    stored_marks: StoredMarkSettings = Field(default_factory=StoredMarkSettings)
+
+    @property
+    def identity(self) -> str:
+        """The broker identity (certificate CN), which the broker also makes the client id."""
+        return f"{IDENTITY}-{self.worker_name}" if self.worker_name else IDENTITY
 
     @model_validator(mode="after")
     def _fill_derived(self) -> "IngestConfig":
-        apply_identity_defaults(self.mqtt, self.pki_dir, IDENTITY, client_id=f"{IDENTITY}-{self.worker_name}")
+        apply_identity_defaults(self.mqtt, self.pki_dir, self.identity, client_id=self.identity)
         # A fixed client id with a persistent session: what arrives while we are
         # down (or unacknowledged when we die) is delivered when we come back.
         if "clean_start" not in self.mqtt.model_fields_set:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS schema_info (version INTEGER NOT NULL);
@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS results (
     id {id},
     msg_id TEXT NOT NULL UNIQUE,
     device_id TEXT NOT NULL,
+    epoch TEXT,
     seq BIGINT NOT NULL,
     captured_at {real} NOT NULL,
     received_at {real} NOT NULL,
@@ -52,7 +53,17 @@ CREATE TABLE IF NOT EXISTS results (
 CREATE INDEX IF NOT EXISTS results_device_time ON results (device_id, captured_at);
 CREATE INDEX IF NOT EXISTS results_time ON results (captured_at);
 CREATE INDEX IF NOT EXISTS results_label_time ON results (top_label, captured_at);
-CREATE INDEX IF NOT EXISTS results_device_seq ON results (device_id, seq);
+-- A result's identity: a device's agent numbers results 0, 1, 2... per epoch (one per start),
+-- so a rolled-back outbox can never make two results share one. (NULL epoch: rows from schema 1.)
+CREATE UNIQUE INDEX IF NOT EXISTS results_identity ON results (device_id, epoch, seq);
+-- Per device and epoch, the highest seq such that 0..seq are all stored: the edge's stored mark.
+CREATE TABLE IF NOT EXISTS delivery_marks (
+    device_id TEXT NOT NULL,
+    epoch TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    updated_at {real} NOT NULL,
+    PRIMARY KEY (device_id, epoch)
+);
 CREATE TABLE IF NOT EXISTS faces (
     id {id},
     result_id BIGINT NOT NULL REFERENCES results (id) ON DELETE CASCADE,
@@ -104,6 +115,11 @@ CREATE TABLE IF NOT EXISTS quarantine (
 );
 CREATE INDEX IF NOT EXISTS quarantine_time ON quarantine (received_at);
 """
+
+# Steps that bring a database of schema version N (the key) to N + 1, run before _DDL.
+_UPGRADES = {
+    1: ["ALTER TABLE results ADD COLUMN epoch TEXT", "DROP INDEX IF EXISTS results_device_seq"],
+}
 
 _TYPES = {
     "sqlite": {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "real": "REAL", "blob": "BLOB"},
@@ -264,10 +280,30 @@ class Database:
             if self.dialect == "postgresql":
                 # Two workers starting together must not race on CREATE TABLE.
                 self.execute("SELECT pg_advisory_xact_lock(7203001)")
+            stored = self._stored_version()
+            self._upgrade(stored)
             for statement in filter(None, (part.strip() for part in ddl.split(";"))):
                 self.execute(statement)
-            if self.scalar("SELECT COUNT(*) FROM schema_info") == 0:
+            if stored is None or self.scalar("SELECT COUNT(*) FROM schema_info") == 0:
                 self.execute("INSERT INTO schema_info (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif stored < SCHEMA_VERSION:
+                self.execute("UPDATE schema_info SET version = ?", (SCHEMA_VERSION,))
         version = self.scalar("SELECT MAX(version) FROM schema_info")
         if version != SCHEMA_VERSION:
             raise DatabaseError(f"database schema version {version}, this code needs {SCHEMA_VERSION}")
+
+    def _stored_version(self) -> int | None:
+        """The schema version of an existing database; None for a new one."""
+        if self.dialect == "sqlite":
+            exists = self.scalar("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_info'")
+        else:
+            exists = self.scalar("SELECT to_regclass('schema_info') IS NOT NULL")
+        return self.scalar("SELECT MAX(version) FROM schema_info") if exists else None
+
+    def _upgrade(self, stored: int | None) -> None:
+        """Run the upgrade steps from ``stored`` up to this code's version (newer databases are refused later)."""
+        version = stored
+        while version is not None and version < SCHEMA_VERSION:
+            for statement in _UPGRADES[version]:
+                self.execute(statement)
+            version += 1

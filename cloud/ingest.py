@@ -6,7 +6,12 @@ How nothing is lost:
 * **manual acknowledgement**: a message is acknowledged only after the
   transaction holding it has committed. Killed mid-batch, we get the batch
   again after restarting;
-* idempotent on ``msg_id``: a redelivered result is stored once.
+* idempotent on ``msg_id`` and on ``(device_id, epoch, seq)``: a redelivered
+  or resent result is stored once;
+* **end to end**: after each commit it publishes, per device, the retained
+  *stored mark* (:mod:`cloud.marks`): the highest seq of an epoch up to which
+  everything is committed. Only that lets an edge forget a result; a broker
+  acknowledgement does not survive a broker crash.
 
 How bad input is survived: a batch is first judged message by message
 against the contract, touching neither database nor disk; anything rejected
@@ -38,10 +43,11 @@ from cloud.config import IngestConfig
 from cloud.files import DataFolder, UnsafePath
 from cloud.inbox import BatchInbox
 from cloud.jpeg import NotAJpeg, jpeg_size
+from cloud.marks import MarkPublisher, mqtt_publisher
 from cloud.metrics import IngestMetrics
 from cloud.retention import sweep
 from cloud.store import NewFrame, NewResult, Store
-from comms.mqtt import Message, MqttClient
+from comms.mqtt import Availability, Message, MqttClient
 from contract.topics import Channel, InvalidDeviceId, Topics
 from contract.messages import Stats, utc_millis_epoch
 from contract.validation import ContractError, FrameMeta, parse_frame, parse_result, parse_stats, parse_status
@@ -119,6 +125,7 @@ class IngestService:
         self.store: Store | None = None
         self.files = DataFolder(config.data_dir)
         self.client: MqttClient | None = None
+        self.marks: MarkPublisher | None = None
         self._quarantine_log_budget = (time.monotonic(), 0)
         self._planners = {
             Channel.RESULT: self._plan_result,
@@ -131,7 +138,11 @@ class IngestService:
     def start(self) -> None:
         self.store = Store(self.config.database_url)
         _calm_the_garbage_collector()
-        self.client = MqttClient(self.config.mqtt, manual_ack=True)
+        # Retained online/offline(LWT)/stopped: an edge that sees a worker come online resends
+        # what the cloud has not confirmed (the broker may have lost it meanwhile).
+        availability = Availability(self.topics.service_status(self.config.identity))
+        self.client = MqttClient(self.config.mqtt, manual_ack=True, availability=availability)
+        self.marks = self._mark_publisher()
         for topic_filter in subscription_filters(self.topics, self.config.shared_group):
             self.client.subscribe(topic_filter, self.inbox.put, qos=1)
         self.client.start()
@@ -157,6 +168,7 @@ class IngestService:
         """
         self.store = Store(self.config.database_url)
         self.client = MqttClient(self.config.mqtt, manual_ack=True)
+        self.marks = self._mark_publisher()
         filters = subscription_filters(self.topics, self.config.shared_group)
         for topic_filter in filters:
             self.client.route(topic_filter, self.inbox.put)
@@ -171,6 +183,7 @@ class IngestService:
                     raise RuntimeError(f"could not unsubscribe {topic_filter}: {delivery.reason if delivery else 'connection lost'}")
             while batch := self.inbox.take(first_wait_s=quiet_s, fill_wait_s=self.config.batch_wait_ms / 1000.0):
                 self._commit_with_retry(self.plan(batch, time.time()))
+            self.marks.publish_due(float("inf"))  # the last marks, unthrottled, before the session ends
             if self.client.connect_count != 1 or not self.client.connected:
                 # Another client with this id (the worker itself, still running) took the
                 # connection over, or the broker went away: the session may hold more.
@@ -183,9 +196,13 @@ class IngestService:
         log.info("retired %s: session ended after storing what it held: %s", self.config.mqtt.client_id, json.dumps(self.counters.snapshot()))
         return self.counters.snapshot()
 
+    def _mark_publisher(self) -> MarkPublisher:
+        settings = self.config.stored_marks
+        return MarkPublisher(self.topics, mqtt_publisher(self.client), settings.min_interval_s, settings.repeat_s)
+
     def stop(self) -> None:
         if self.client is not None:
-            self.client.stop(announce_stopped=False)
+            self.client.stop()
         log.info("ingest totals: %s", json.dumps(self.counters.snapshot()))
         if self.store is not None:
             self.store.close()
@@ -234,7 +251,15 @@ class IngestService:
         # Stopping: a batch not handed over is not acknowledged either, so the broker sends it again.
 
     def _write_loop(self) -> None:
-        while (work := self._planned.get()) is not _STOP:
+        while True:
+            try:
+                work = self._planned.get(timeout=self.config.stored_marks.min_interval_s)
+            except queue.Empty:
+                self.marks.publish_due(time.monotonic())  # marks a throttle held back
+                continue
+            if work is _STOP:
+                self.marks.publish_due(float("inf"))
+                return
             if work is _SWEEP:
                 self._sweep()
             else:
@@ -266,7 +291,19 @@ class IngestService:
                     return
                 continue
             self.client.ack_all(plan.messages)
+            self._advance_marks(plan)
             return
+
+    def _advance_marks(self, plan: "BatchPlan") -> None:
+        """Tell the edges what is stored now; a failure here only delays a mark (nothing to retry)."""
+        if not plan.epochs:
+            return
+        try:
+            marks = self.store.advance_marks(sorted(plan.epochs))
+        except Exception:
+            log.exception("computing stored marks failed; they go out after a later commit")
+            return
+        self.marks.update(marks, time.monotonic())
 
     def process_batch(self, batch: list[Message]) -> None:
         """Validate and store a batch in one go (raises if the database fails)."""
@@ -400,6 +437,7 @@ class IngestService:
         document = result.model_dump_json(by_alias=True, exclude={"faces": {"__all__": {"crop_png_b64"}}})
         plan.results.append(NewResult(result, crops, document))
         plan.seen[device_id] = (received_at, result.seq, result.model.version)
+        plan.epochs.add((device_id, result.epoch))
         plan.seen_at, plan.latest_capture = received_at, max(plan.latest_capture, result.captured_epoch)
 
     def _plan_frame(self, device_id: str, message: Message, plan: "BatchPlan", received_at: float) -> None:
@@ -442,6 +480,7 @@ class BatchPlan:
     stats: list[tuple[str, Stats]] = field(default_factory=list)
     rejected: list[Quarantined] = field(default_factory=list)
     seen: dict[str, tuple[float, int, str]] = field(default_factory=dict)  # device -> (when, last seq, model version)
+    epochs: set[tuple[str, str]] = field(default_factory=set)  # (device, epoch) pairs whose stored marks may move
     seen_at: float = 0.0
     latest_capture: float = 0.0
     results_stored: int = 0  # set by the write: results new to the store (the rest were redeliveries)
@@ -453,6 +492,7 @@ class BatchPlan:
         self.stats += other.stats
         self.rejected += other.rejected
         self.seen.update(other.seen)
+        self.epochs |= other.epochs
         self.seen_at = max(self.seen_at, other.seen_at)
         self.latest_capture = max(self.latest_capture, other.latest_capture)
         self.results_stored += other.results_stored

@@ -113,10 +113,24 @@ class NewResult:
 def _result_values(item: NewResult, received_at: float) -> tuple:
     result, top = item.result, item.result.top
     return (
-        result.msg_id, result.device_id, result.seq, result.captured_epoch, received_at, result.frame_number,
+        result.msg_id, result.device_id, result.epoch, result.seq, result.captured_epoch, received_at, result.frame_number,
         result.source, result.model.name, result.model.version, len(result.faces),
         top.label if top else None, top.confidence if top else None, item.document,
     )
+
+
+def _distinct_results(items: list[NewResult]) -> list[NewResult]:
+    """The first of each msg_id and of each (device, epoch, seq) within one batch."""
+    seen: set = set()
+    distinct = []
+    for item in items:
+        result = item.result
+        keys = (result.msg_id, (result.device_id, result.epoch, result.seq))
+        if keys[0] in seen or keys[1] in seen:
+            continue
+        seen.update(keys)
+        distinct.append(item)
+    return distinct
 
 
 def _face_values(result_id: int, item: NewResult) -> list[tuple]:
@@ -176,15 +190,16 @@ class Store:
         which rows this transaction created, even with concurrent workers, so
         faces are never stored twice for a redelivered result.
         """
-        unique = list({item.result.msg_id: item for item in items}.values())
+        unique = _distinct_results(items)
         if not unique:
             return 0
-        placeholders = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(unique))
+        placeholders = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(unique))
         parameters = [value for item in unique for value in _result_values(item, received_at)]
+        # No conflict target: a known msg_id (a redelivery) and a known (device, epoch, seq) are both skipped.
         created = dict(self.db.query(
-            "INSERT INTO results (msg_id, device_id, seq, captured_at, received_at, frame_number, source, model_name,"
+            "INSERT INTO results (msg_id, device_id, epoch, seq, captured_at, received_at, frame_number, source, model_name,"
             f" model_version, face_count, top_label, top_confidence, document) VALUES {placeholders}"
-            " ON CONFLICT (msg_id) DO NOTHING RETURNING msg_id, id",
+            " ON CONFLICT DO NOTHING RETURNING msg_id, id",
             parameters,
         ))
         face_rows = [row for item in unique if item.result.msg_id in created for row in _face_values(created[item.result.msg_id], item)]
@@ -208,6 +223,49 @@ class Store:
             " model_version = COALESCE(excluded.model_version, devices.model_version)",
             (device_id, seen_at, seen_at, seq, model_version),
         )
+
+    # == delivery marks (what the edge may forget) =====================================
+    def advance_marks(self, epochs: Iterable[tuple[str, str]], at: float | None = None) -> dict[tuple[str, str], int]:
+        """For each (device, epoch): the highest seq with 0..seq all stored, saved and returned.
+
+        Computed from the committed results, so every worker's commits count
+        (each worker calls this after its own commit; the saved mark only grows).
+        A pair whose seq 0 is not stored yet is left out.
+        """
+        marks = {}
+        for device_id, epoch in epochs:
+            mark = self._contiguous_seq(device_id, epoch)
+            if mark is None:
+                continue
+            self.db.execute(
+                "INSERT INTO delivery_marks (device_id, epoch, seq, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (device_id, epoch) DO UPDATE SET updated_at = excluded.updated_at,"
+                " seq = CASE WHEN excluded.seq > delivery_marks.seq THEN excluded.seq ELSE delivery_marks.seq END",
+                (device_id, epoch, mark, at or time.time()),
+            )
+            marks[(device_id, epoch)] = self.db.scalar(
+                "SELECT seq FROM delivery_marks WHERE device_id = ? AND epoch = ?", (device_id, epoch)
+            )
+        return marks
+
+    def _contiguous_seq(self, device_id: str, epoch: str, chunk: int = 2000) -> int | None:
+        """Walk the stored seqs upwards from the saved mark until the first gap."""
+        mark = self.db.scalar("SELECT seq FROM delivery_marks WHERE device_id = ? AND epoch = ?", (device_id, epoch))
+        mark = -1 if mark is None else mark
+        while True:
+            seqs = [row[0] for row in self.db.query(
+                "SELECT seq FROM results WHERE device_id = ? AND epoch = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (device_id, epoch, mark, chunk),
+            )]
+            for seq in seqs:
+                if seq != mark + 1:
+                    return mark if mark >= 0 else None
+                mark = seq
+            if len(seqs) < chunk:
+                return mark if mark >= 0 else None
+
+    def delivery_mark(self, device_id: str, epoch: str) -> int | None:
+        return self.db.scalar("SELECT seq FROM delivery_marks WHERE device_id = ? AND epoch = ?", (device_id, epoch))
 
     def set_device_status(self, device_id: str, status: str, at: float) -> None:
         self._touch_device(device_id, at)

@@ -23,11 +23,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from contract.emotions import EMOTIONS
 from contract.topics import DEVICE_ID_PATTERN
 
-RESULT_SCHEMA = "emotion.result/1"
+RESULT_SCHEMA = "emotion.result/2"
 STATS_SCHEMA = "emotion.stats/1"
 COMMAND_SCHEMA = "emotion.command/1"
 REPLY_SCHEMA = "emotion.reply/1"
 MODEL_RELEASE_SCHEMA = "emotion.model-release/1"
+STORED_SCHEMA = "emotion.stored/1"
 
 # Size limits. A result with 64 faces and their 64x64 PNG crops stays well
 # under 1 MiB; a 1280-wide JPEG frame in base64 is ~150-400 KiB.
@@ -60,6 +61,8 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 Pixels = Annotated[int, Field(ge=0, le=65535)]
 Counter = Annotated[int, Field(ge=0, le=2**63 - 1)]
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+# An epoch is a fresh random id each time an edge agent starts (its outbox opens).
+EpochId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="The agent run (epoch) this seq counts in.")]
 VersionText = Annotated[str, Field(pattern=r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,31}$")]
 
 
@@ -238,9 +241,10 @@ class Result(Versioned):
     has ``faces: []`` and null ``emotion_*``.
     """
 
-    schema_: Literal["emotion.result/1"] = Field(default=RESULT_SCHEMA, alias="schema")
+    schema_: Literal["emotion.result/2"] = Field(default=RESULT_SCHEMA, alias="schema")
     device_id: DeviceId
-    seq: Counter = Field(description="Per-device sequence number, +1 per result, survives restarts.")
+    epoch: EpochId = Field(description="A fresh id per agent start; (device_id, epoch, seq) identifies the result.")
+    seq: Counter = Field(description="0, 1, 2, ... within the epoch: +1 per result, no gaps.")
     msg_id: Annotated[str, Field(min_length=32, max_length=36)] = Field(description="Unique id (UUID) for de-duplication.")
     captured_at: UtcMillis
     source: Annotated[str, Field(min_length=1, max_length=512)]
@@ -305,6 +309,7 @@ def top_face(faces: list[Face]) -> Face | None:
 def make_result(
     *,
     device_id: str,
+    epoch: str,
     seq: int,
     source: str,
     video_file: str,
@@ -322,6 +327,7 @@ def make_result(
     stamp = utc_millis(captured_at)
     return Result(
         device_id=device_id,
+        epoch=epoch,
         seq=seq,
         msg_id=msg_id or str(uuid.uuid4()),
         captured_at=stamp,
@@ -396,6 +402,24 @@ class Reply(Versioned):
     ok: bool
     error: Annotated[str, Field(max_length=1024)] | None = None
     result: dict[str, Any] | None = None
+
+
+# -- end-to-end delivery ------------------------------------------------------
+class StoredMark(Versioned):
+    """What the cloud has stored of one device's epoch: every seq from 0 to ``seq``, committed.
+
+    Published (retained, QoS 1) by the ingest on ``<prefix>/devices/<id>/stored``
+    after its commits; the device deletes its outbox rows up to the mark. A
+    broker acknowledgement only means "in the broker's memory" (Mosquitto
+    persists on autosave), so this mark, not the PUBACK, is what lets an
+    edge forget a result.
+    """
+
+    schema_: Literal["emotion.stored/1"] = Field(default=STORED_SCHEMA, alias="schema")
+    device_id: DeviceId
+    epoch: EpochId
+    seq: Counter = Field(description="The highest seq such that every seq 0..seq of the epoch is stored.")
+    stored_at: UtcMillis
 
 
 # -- model releases --------------------------------------------------------

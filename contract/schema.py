@@ -10,10 +10,10 @@ import json
 import sys
 from pathlib import Path
 
-from contract.messages import Command, ModelRelease, Reply, Result, Stats
+from contract.messages import Command, ModelRelease, Reply, Result, Stats, StoredMark
 
 SCHEMA_DIR = Path(__file__).parent / "schema"
-MODELS = {"result": Result, "stats": Stats, "command": Command, "reply": Reply, "model-release": ModelRelease}
+MODELS = {"result": Result, "stats": Stats, "command": Command, "reply": Reply, "model-release": ModelRelease, "stored": StoredMark}
 
 
 def render_schemas() -> dict[str, str]:
@@ -22,7 +22,8 @@ def render_schemas() -> dict[str, str]:
     for name, model in MODELS.items():
         schema = model.model_json_schema(by_alias=True, mode="validation")
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-        schema["$id"] = f"urn:emotion-mqtt:{name}:1"
+        version = model.model_fields["schema_"].default.rsplit("/", 1)[1]
+        schema["$id"] = f"urn:emotion-mqtt:{name}:{version}"
         rendered[f"{name}.schema.json"] = json.dumps(schema, indent=2, sort_keys=True) + "\n"
     return rendered
 

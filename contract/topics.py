@@ -6,10 +6,12 @@ Layout (``<prefix>`` defaults to ``emotion``)::
     <prefix>/devices/<device_id>/frame         base64 JPEG text, QoS 0     device -> cloud
     <prefix>/devices/<device_id>/status        online|offline|stopped, retained (LWT)
     <prefix>/devices/<device_id>/stats         stats JSON, retained
+    <prefix>/devices/<device_id>/stored        stored mark JSON, retained  ingest -> device
     <prefix>/devices/<device_id>/cmd           command JSON                web UI -> device
     <prefix>/devices/<device_id>/cmd/reply     reply JSON                  device -> web UI
     <prefix>/devices/<device_id>/model/release release manifest, retained (targeted rollout)
     <prefix>/devices/<device_id>/model/blob    model bytes, retained        (targeted rollout)
+    <prefix>/services/<identity>/status        online|offline|stopped of a cloud service (ingest workers)
     <prefix>/models/release                    release manifest, retained  (fleet)
     <prefix>/models/blob                       model bytes, retained        (fleet)
 
@@ -47,6 +49,7 @@ class Channel(str, Enum):
     FRAME = "frame"
     STATUS = "status"
     STATS = "stats"
+    STORED = "stored"
     COMMAND = "cmd"
     COMMAND_REPLY = "cmd/reply"
     MODEL_RELEASE = "model/release"
@@ -107,6 +110,9 @@ class Topics:
     def stats(self, device_id: str) -> str:
         return self.device(device_id, Channel.STATS)
 
+    def stored(self, device_id: str) -> str:
+        return self.device(device_id, Channel.STORED)
+
     def command(self, device_id: str) -> str:
         return self.device(device_id, Channel.COMMAND)
 
@@ -127,6 +133,14 @@ class Topics:
     @property
     def model_blob(self) -> str:
         return f"{self.prefix}/models/blob"
+
+    # -- cloud services -----------------------------------------------------
+    def service_status(self, identity: str) -> str:
+        return f"{self.prefix}/services/{check_device_id(identity)}/status"
+
+    @property
+    def all_service_status(self) -> str:
+        return f"{self.prefix}/services/+/status"
 
     # -- subscriptions (wildcards) ---------------------------------------
     def all_devices(self, channel: Channel) -> str:

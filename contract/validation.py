@@ -26,6 +26,7 @@ from contract.messages import (
     Reply,
     Result,
     Stats,
+    StoredMark,
 )
 
 ModelType = TypeVar("ModelType", bound=BaseModel)
@@ -83,6 +84,13 @@ def parse_stats(payload: bytes | str, expected_device: str | None = None) -> Sta
     if expected_device is not None and stats.device_id != expected_device:
         raise ContractError(f"device_id {stats.device_id!r} does not match the topic's device {expected_device!r}")
     return stats
+
+
+def parse_stored_mark(payload: bytes | str, expected_device: str | None = None) -> StoredMark:
+    mark = parse_json_model(StoredMark, payload, MAX_SMALL_MESSAGE_BYTES)
+    if expected_device is not None and mark.device_id != expected_device:
+        raise ContractError(f"device_id {mark.device_id!r} does not match the topic's device {expected_device!r}")
+    return mark
 
 
 def parse_command(payload: bytes | str) -> Command:

@@ -145,14 +145,20 @@ class EdgeAgent:
             self.config.mqtt, availability=Availability(self.topics.status(self.device_id)),
             on_connection_change=self._announce_to_home_assistant,
         )
+        settings = self.config.outbox
+        self.forwarder = Forwarder(
+            self.outbox, self.client, settings.window, settings.keep_until, self.device_id, settings.resend_after_s
+        )
         self.client.subscribe(self.topics.command(self.device_id), self.inbox.on_message, qos=1)
+        self.client.subscribe(self.topics.stored(self.device_id), self.forwarder.on_stored_mark, qos=1)
+        self.client.subscribe(self.topics.all_service_status, self.forwarder.on_ingest_status, qos=1)
         self.updates.subscribe(self.client)
         self.client.start()
-        self.forwarder = Forwarder(self.outbox, self.client, self.config.outbox.window).start()
+        self.forwarder.start()
         log.info(
-            "edge agent %s: model %s %s, source %s, outbox %s (%d pending), broker %s:%s",
-            self.device_id, self.model.name, self.model.version, self.source.description,
-            self.config.outbox.path, self.outbox.depth(), self.config.mqtt.host, self.config.mqtt.port,
+            "edge agent %s: model %s %s, source %s, outbox %s (%d pending, epoch %s, kept until %s), broker %s:%s",
+            self.device_id, self.model.name, self.model.version, self.source.description, self.config.outbox.path,
+            self.outbox.depth(), self.outbox.epoch, settings.keep_until, self.config.mqtt.host, self.config.mqtt.port,
         )
 
     def _announce_to_home_assistant(self, connected: bool, _reason: str) -> None:
@@ -185,7 +191,7 @@ class EdgeAgent:
             self.source.close()
 
     def _flush(self, timeout: float) -> bool:
-        """Give pending results a bounded chance to reach the broker (connecting first if needed)."""
+        """Give pending results a bounded chance to reach the cloud (connecting first if needed)."""
         deadline = time.monotonic() + timeout
         if self.outbox.depth() and not self.client.wait_connected(timeout):
             return False
@@ -281,6 +287,7 @@ class EdgeAgent:
         seq = self.outbox.next_seq()
         result = make_result(
             device_id=self.device_id,
+            epoch=self.outbox.epoch,
             seq=seq,
             source=self.source.description,
             video_file=Path(self.source.description.split(":", 1)[-1]).name,

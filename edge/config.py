@@ -67,6 +67,14 @@ class OutboxSettings(StrictSettings):
     durability: Literal["normal", "full"] = Field(default="normal", description="'full' also survives power loss (fsync per result).")
     window: Annotated[int, Field(ge=1, le=1000)] = Field(default=64, description="QoS 1 results in flight at once.")
     flush_timeout_s: Annotated[float, Field(ge=0)] = Field(default=10.0, description="On shutdown, wait this long for the outbox to drain.")
+    keep_until: Literal["stored", "acknowledged"] = Field(
+        default="stored",
+        description="Keep a result until the cloud ingest has stored it (its stored mark), or only until the broker "
+        "acknowledged it ('acknowledged': for a broker without our ingest; a broker crash can then lose results).",
+    )
+    resend_after_s: Annotated[float, Field(ge=1)] = Field(
+        default=30.0, description="Send a result again when the cloud has not stored it this long after the broker took it."
+    )
 
 
 class CommandSettings(StrictSettings):

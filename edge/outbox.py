@@ -1,10 +1,17 @@
 """On-disk store-and-forward queue for results (SQLite in WAL mode).
 
-A result enters the outbox in the same transaction that advances the
-device's sequence number, and leaves it only when the broker has
-acknowledged it. So a broker outage, a lost network or a killed agent
-loses nothing: after reconnecting, or after a restart, the rows go out
-again in their original order.
+Every start of the agent opens a new *epoch* (a random id); its results are
+numbered 0, 1, 2, ... within it, so ``(device_id, epoch, seq)`` identifies a
+result even when a power cut rolls this file back (the next start is a new
+epoch, never a reused number).
+
+A result stays in the outbox until the cloud says it has *stored* it (the
+ingest's retained stored mark, :meth:`Outbox.confirm`), not merely until the
+broker acknowledged it: Mosquitto keeps acknowledged messages in memory until
+its next autosave, so a broker crash would otherwise lose them. With
+``keep_until = "acknowledged"`` (no ingest of ours behind the broker) a row
+leaves on the broker's acknowledgement instead. So a broker crash, a lost
+network or a killed agent loses nothing: the rows go out again, in order.
 
 The outbox is bounded (rows, bytes, age). When a bound is hit the oldest
 rows are dropped, counted and logged: a full disk must not stop a device
@@ -15,6 +22,7 @@ moves to ``dead_letter`` with the reason instead of blocking the queue.
 from __future__ import annotations
 
 import logging
+import secrets
 import sqlite3
 import threading
 import time
@@ -27,10 +35,12 @@ log = logging.getLogger(__name__)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    seq INTEGER NOT NULL UNIQUE,
+    epoch TEXT NOT NULL,
+    seq INTEGER NOT NULL,
     topic TEXT NOT NULL,
     payload BLOB NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    UNIQUE (epoch, seq)
 );
 CREATE TABLE IF NOT EXISTS dead_letter (
     id INTEGER PRIMARY KEY,
@@ -41,19 +51,32 @@ CREATE TABLE IF NOT EXISTS dead_letter (
     reason TEXT NOT NULL,
     failed_at REAL NOT NULL
 );
+-- One row per agent start: how many results it numbered (for diagnostics and tests).
+CREATE TABLE IF NOT EXISTS epochs (
+    epoch TEXT PRIMARY KEY,
+    started_at REAL NOT NULL,
+    next_seq INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
 """
 
-NEXT_SEQ = "next_seq"
 DROPPED = "dropped"
+# Rows from an outbox written before epochs existed: confirmed by the broker's PUBACK, as then.
+LEGACY_EPOCH = ""
+
+
+def new_epoch() -> str:
+    """A fresh epoch id: 64 random bits, so two runs never share one."""
+    return secrets.token_hex(8)
 
 
 @dataclass(frozen=True)
 class OutboxRow:
     id: int
+    epoch: str
     seq: int
     topic: str
     payload: bytes
@@ -86,8 +109,23 @@ class Outbox:
         # NORMAL survives a killed process (what the tests and most failures are);
         # FULL also survives power loss, at one fsync per result.
         self._db.execute(f"PRAGMA synchronous={durability.upper()}")
+        self._upgrade_legacy_table()
         self._db.executescript(SCHEMA)
         self._count, self._bytes = self._measure()
+        self.epoch = new_epoch()
+        self._next_seq = 0
+
+    def _upgrade_legacy_table(self) -> None:
+        """An outbox from before epochs (seq unique on its own) keeps its rows, as epoch ''."""
+        columns = [row[1] for row in self._db.execute("PRAGMA table_info(outbox)")]
+        if not columns or "epoch" in columns:
+            return
+        self._db.executescript(
+            "BEGIN IMMEDIATE; ALTER TABLE outbox RENAME TO outbox_legacy;" + SCHEMA +
+            "INSERT INTO outbox(id, epoch, seq, topic, payload, created_at) "
+            "SELECT id, '', seq, topic, payload, created_at FROM outbox_legacy; DROP TABLE outbox_legacy; COMMIT;"
+        )
+        log.info("outbox %s upgraded: its rows are sent as before and confirmed by the broker", self.path)
 
     def _measure(self) -> tuple[int, int]:
         # Cached so that the per-result limit check does not scan the table.
@@ -109,9 +147,9 @@ class Outbox:
         )
 
     def next_seq(self) -> int:
-        """The sequence number the next :meth:`append` will use (persisted across restarts)."""
+        """The sequence number the next :meth:`append` will use in this epoch."""
         with self._lock:
-            return self._counter(NEXT_SEQ)
+            return self._next_seq
 
     @property
     def dropped(self) -> int:
@@ -120,18 +158,23 @@ class Outbox:
 
     # -- producer --------------------------------------------------------------
     def append(self, seq: int, topic: str, payload: bytes) -> None:
-        """Store one message; ``seq`` must be :meth:`next_seq` (checked, so no seq is ever reused)."""
+        """Store one message of this epoch; ``seq`` must be :meth:`next_seq` (checked: no gaps, no reuse)."""
         with self._lock:
-            expected = self._counter(NEXT_SEQ)
-            if seq != expected:
-                raise ValueError(f"outbox expected seq {expected}, got {seq}")
+            if seq != self._next_seq:
+                raise ValueError(f"outbox expected seq {self._next_seq}, got {seq}")
             now = time.time()
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.execute(
-                    "INSERT INTO outbox(seq, topic, payload, created_at) VALUES(?, ?, ?, ?)", (seq, topic, payload, now)
+                    "INSERT INTO outbox(epoch, seq, topic, payload, created_at) VALUES(?, ?, ?, ?, ?)",
+                    (self.epoch, seq, topic, payload, now),
                 )
-                self._set_counter(NEXT_SEQ, seq + 1)
+                self._db.execute(
+                    "INSERT INTO epochs(epoch, started_at, next_seq) VALUES(?, ?, ?)"
+                    " ON CONFLICT(epoch) DO UPDATE SET next_seq = excluded.next_seq",
+                    (self.epoch, now, seq + 1),
+                )
+                self._next_seq = seq + 1
                 self._count += 1
                 self._bytes += len(payload)
                 self._enforce_limits(now)
@@ -166,7 +209,8 @@ class Outbox:
         """Up to ``limit`` rows with id > ``last_id``, oldest first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, seq, topic, payload, created_at FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (last_id, limit)
+                "SELECT id, epoch, seq, topic, payload, created_at FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+                (last_id, limit),
             ).fetchall()
         return [OutboxRow(*row) for row in rows]
 
@@ -178,8 +222,25 @@ class Outbox:
                 timeout,
             )
 
+    def confirm(self, epoch: str, seq: int) -> int:
+        """The cloud stored every result 0..``seq`` of ``epoch``: forget them. Returns how many rows went."""
+        with self._lock:
+            removed, size = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox WHERE epoch = ? AND seq <= ?", (epoch, seq)
+            ).fetchone()
+            if removed:
+                self._db.execute("DELETE FROM outbox WHERE epoch = ? AND seq <= ?", (epoch, seq))
+                self._count -= removed
+                self._bytes -= size
+            return removed
+
+    def first_id(self) -> int | None:
+        """Id of the oldest row still waiting, or None when the outbox is empty."""
+        with self._lock:
+            return self._db.execute("SELECT MIN(id) FROM outbox").fetchone()[0]
+
     def remove(self, row_id: int) -> None:
-        """The broker acknowledged this row: forget it."""
+        """The broker acknowledged this row and that is all we wait for (see ``keep_until``): forget it."""
         with self._lock:
             row = self._db.execute("SELECT LENGTH(payload) FROM outbox WHERE id = ?", (row_id,)).fetchone()
             if row is None:

@@ -32,6 +32,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
 MEDIA = SHARED / "media"
 DEVICES = ("cam-a", "cam-b")
+# The broker makes each identity its client id, so every concurrent connection needs its own:
+# named ingest workers, and second clients of the same role in one test.
+EXTRA_IDENTITIES = {"ingest-1": Role.INGEST, "ingest-2": Role.INGEST, "monitor-2": Role.MONITOR, "webui-2": Role.WEBUI}
 WAIT_S = 10.0
 
 logging.getLogger("paho").setLevel(logging.WARNING)
@@ -130,9 +133,13 @@ def spawned() -> Iterator[list[subprocess.Popen]]:
 
 @pytest.fixture(scope="session")
 def pki_dir(tmp_path_factory) -> Path:
-    """CA, broker certificate and identities: services plus two devices."""
+    """CA, broker certificate and identities: services, two devices, and the extra identities above."""
     root = tmp_path_factory.mktemp("pki")
     init_pki(root, devices=DEVICES)
+    registry = IdentityRegistry(PkiPaths(root))
+    for name, role in EXTRA_IDENTITIES.items():
+        registry.ensure(name, role)
+    registry.save()
     return root
 
 

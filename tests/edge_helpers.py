@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 import subprocess
 from pathlib import Path
 
@@ -11,10 +12,16 @@ from tests.conftest import component_env, start_service
 
 
 def agent_env(pki_dir: Path, port: int, data_dir: Path, device_id: str = "cam-a", **settings: str) -> dict[str, str]:
-    """Configure the agent through EMQ_EDGE__* variables (the path users take in containers)."""
+    """Configure the agent through EMQ_EDGE__* variables (the path users take in containers).
+
+    Tests that watch the broker side with a plain subscriber keep results only
+    until the broker acknowledges them; tests with the real ingest pass
+    ``OUTBOX__KEEP_UNTIL="stored"`` (the product's default) and prove more.
+    """
     return component_env("EMQ_EDGE__", {
         "DEVICE_ID": device_id, "PKI_DIR": pki_dir, "DATA_DIR": data_dir, "MQTT__HOST": "localhost", "MQTT__PORT": port,
-        "MQTT__RECONNECT_MIN_DELAY_S": 0.1, "MQTT__RECONNECT_MAX_DELAY_S": 0.5, "PUBLISH__STATS_INTERVAL_S": 1, **settings,
+        "MQTT__RECONNECT_MIN_DELAY_S": 0.1, "MQTT__RECONNECT_MAX_DELAY_S": 0.5, "PUBLISH__STATS_INTERVAL_S": 1,
+        "OUTBOX__KEEP_UNTIL": "acknowledged", **settings,
     })
 
 
@@ -27,19 +34,24 @@ def outbox_depth(data_dir: Path, device_id: str = "cam-a") -> int:
     path = data_dir / device_id / "outbox.db"
     if not path.exists():
         return 0
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as database:
-        try:
-            return database.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
-        except sqlite3.OperationalError:
-            return 0
+    # A plain connection, not mode=ro: a read-only one cannot open a WAL file whose -shm is gone (a
+    # restored copy) and reports "disk I/O error", which must never read as "empty".
+    with closing(sqlite3.connect(path, timeout=5)) as database:
+        if not database.execute("SELECT 1 FROM sqlite_master WHERE name = 'outbox'").fetchone():
+            return 0  # the agent has not created it yet
+        return database.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+
+
+def produced_by_epoch(data_dir: Path, device_id: str = "cam-a") -> dict[str, int]:
+    """How many results each run (epoch) of the agent numbered, in the order the runs started."""
+    path = data_dir / device_id / "outbox.db"
+    with closing(sqlite3.connect(path, timeout=5)) as database:
+        return dict(database.execute("SELECT epoch, next_seq FROM epochs ORDER BY started_at, rowid").fetchall())
 
 
 def produced_count(data_dir: Path, device_id: str = "cam-a") -> int:
-    """How many results the agent has numbered so far (the outbox's next seq)."""
-    path = data_dir / device_id / "outbox.db"
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as database:
-        row = database.execute("SELECT value FROM counters WHERE name = 'next_seq'").fetchone()
-    return row[0] if row else 0
+    """How many results the agent has numbered so far, over all its runs."""
+    return sum(produced_by_epoch(data_dir, device_id).values())
 
 
 def unique_results(messages) -> list:
@@ -62,13 +74,19 @@ def unique_results(messages) -> list:
 
 
 def assert_complete_once(messages, expected_count: int | None = None) -> list[int]:
-    """Every result exactly once after dedupe, in order, no seq gaps, no seq used twice."""
-    seqs = [result.seq for result in unique_results(messages)]
-    assert seqs, "no results"
-    expected = list(range(len(seqs))) if expected_count is None else list(range(expected_count))
-    if seqs != expected:
-        missing = sorted(set(expected) - set(seqs))[:10]
-        reused = sorted({seq for seq in seqs if seqs.count(seq) > 1})[:10]
-        out_of_order = [(a, b) for a, b in zip(seqs, seqs[1:]) if b <= a][:5]
-        raise AssertionError(f"results incomplete: missing {missing}, seq reused {reused}, out of order {out_of_order}")
-    return seqs
+    """Every result exactly once after dedupe; per run (epoch), in order from 0, no seq gaps, none used twice."""
+    by_epoch: dict[str, list[int]] = {}
+    for result in unique_results(messages):
+        by_epoch.setdefault(result.epoch, []).append(result.seq)
+    assert by_epoch, "no results"
+    for epoch, seqs in by_epoch.items():
+        expected = list(range(len(seqs)))
+        if seqs != expected:
+            missing = sorted(set(range(max(seqs) + 1)) - set(seqs))[:10]
+            reused = sorted({seq for seq in seqs if seqs.count(seq) > 1})[:10]
+            out_of_order = [(a, b) for a, b in zip(seqs, seqs[1:]) if b <= a][:5]
+            raise AssertionError(f"epoch {epoch}: missing {missing}, seq reused {reused}, out of order {out_of_order}")
+    total = sum(len(seqs) for seqs in by_epoch.values())
+    if expected_count is not None:
+        assert total == expected_count, f"{total} results, expected {expected_count}"
+    return [seq for seqs in by_epoch.values() for seq in seqs]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from datetime import datetime, timezone
 
 import cv2
@@ -37,9 +38,14 @@ def face(track_id: int = 1, box=(10, 20, 60, 60), top: int = 3, crop: bool = Tru
     )
 
 
-def result(device_id: str = "cam-a", seq: int = 0, faces: list[Face] | None = None, frame_number: int | None = None) -> Result:
+def result(
+    device_id: str = "cam-a", seq: int = 0, faces: list[Face] | None = None, frame_number: int | None = None,
+    epoch: str | None = None,
+) -> Result:
+    """A valid result; a fresh epoch per call unless given, so two calls never share an identity."""
     return make_result(
         device_id=device_id,
+        epoch=epoch or uuid.uuid4().hex[:16],
         seq=seq,
         source="file:woman2.mp4",
         video_file="woman2.mp4",

@@ -16,7 +16,7 @@ from tests.conftest import WAIT_S, Collector, subscribe_and_wait
 @pytest.fixture
 def spy(mqtt_client, topics):
     """The monitor identity, subscribed to everything under the prefix."""
-    return subscribe_and_wait(mqtt_client("monitor"), topics.everything)
+    return subscribe_and_wait(mqtt_client("monitor-2"), topics.everything)
 
 
 def publish_then_sentinel(client, forbidden_topic: str, sentinel_topic: str, spy: Collector) -> str | None:

@@ -27,11 +27,12 @@ FUZZ_EXAMPLES = 1000
 
 # Each mutation makes a valid result invalid in one way the contract must catch.
 MUTATIONS = [
+    ("epoch", "../x"), ("epoch", ""), ("epoch", 7), ("epoch", "e" * 65),
     ("seq", -1), ("seq", "1"), ("seq", 1.5), ("seq", None), ("seq", True),
     ("device_id", "../../etc"), ("device_id", "cam-b"), ("device_id", "cam-a/#"), ("device_id", ""), ("device_id", "a" * 100),
     ("msg_id", "not-a-uuid"), ("captured_at", "yesterday"), ("timestamp", 1234567890),
     ("faces", "none"), ("faces", [{}]), ("faces", [None]), ("frame", {"width": 0, "height": 1}),
-    ("schema", "emotion.result/2"), ("emotion_text", "bored"), ("source", "x" * 600), ("injected", 1),
+    ("schema", "emotion.result/3"), ("emotion_text", "bored"), ("source", "x" * 600), ("injected", 1),
     ("model", {"name": "", "version": "1"}), ("frame_number", -5),
 ]
 FACE_MUTATIONS = [
@@ -39,7 +40,7 @@ FACE_MUTATIONS = [
     ("probabilities.happy", 2.0), ("crop_png_b64", "%%%not-base64%%%"), ("crop_png_b64", base64.b64encode(b"GIF89a....").decode()),
     ("box.w", 0), ("box.x", 10_000), ("label", "sad"), ("confidence", 0.01), ("track_id", -1),
 ]
-REQUIRED = ["schema", "device_id", "seq", "msg_id", "captured_at", "source", "frame_number", "frame", "model", "faces",
+REQUIRED = ["schema", "device_id", "epoch", "seq", "msg_id", "captured_at", "source", "frame_number", "frame", "model", "faces",
             "video_file", "emotion_probability", "emotion_text", "timestamp"]
 
 

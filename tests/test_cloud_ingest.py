@@ -119,7 +119,7 @@ def test_stream_survives_ingest_kills_and_a_broker_restart(broker, pki_dir, tmp_
 
 @pytest.mark.parametrize("workers", [2])
 def test_shared_subscription_workers_store_a_stream_once(broker, pki_dir, tmp_path, database_url, mqtt_client, topics, spawned, workers):
-    names = [f"w{index}" for index in range(workers)]
+    names = [str(index + 1) for index in range(workers)]  # identities ingest-1, ingest-2 of the test PKI
     for name in names:
         env = ingest_env(pki_dir, broker.settings.tls_port, tmp_path / "data", database_url, WORKER_NAME=name, SHARED_GROUP="ingest")
         launch(spawned, env, tmp_path, name)
@@ -143,9 +143,9 @@ def test_a_retired_worker_hands_in_what_the_broker_held_for_it(broker, pki_dir, 
     share and ends the session, so nothing waits for a worker that will not come back."""
     database = f"sqlite:///{tmp_path / 'cloud.db'}"
     envs = {name: ingest_env(pki_dir, broker.settings.tls_port, tmp_path / "data", database, WORKER_NAME=name, SHARED_GROUP="ingest")
-            for name in ("w0", "w1")}
-    staying = launch(spawned, envs["w0"], tmp_path, "w0")
-    leaving = launch(spawned, envs["w1"], tmp_path, "w1")
+            for name in ("1", "2")}
+    staying = launch(spawned, envs["1"], tmp_path, "1")
+    leaving = launch(spawned, envs["2"], tmp_path, "2")
     leaving.send_signal(signal.SIGTERM)
     assert leaving.wait(WAIT_S) == 0
     store = Store(database)
@@ -155,7 +155,7 @@ def test_a_retired_worker_hands_in_what_the_broker_held_for_it(broker, pki_dir, 
     assert wait_until(lambda: stored_count(store) >= 200, STREAM_WAIT_S)
     assert stored_count(store) < 600, "the stopped worker's share should be waiting in its session"
 
-    retirement = subprocess.run([console_script("emq-ingest"), "--retire"], env=envs["w1"], capture_output=True, text=True, timeout=120)
+    retirement = subprocess.run([console_script("emq-ingest"), "--retire"], env=envs["2"], capture_output=True, text=True, timeout=120)
     assert retirement.returncode == 0, retirement.stderr[-2000:]
     held = int(re.search(r"stored (\d+) results", retirement.stdout).group(1))
     assert held > 0
@@ -170,8 +170,8 @@ def test_a_retired_worker_hands_in_what_the_broker_held_for_it(broker, pki_dir, 
 
 def test_retiring_a_worker_that_still_runs_is_refused_and_loses_nothing(broker, pki_dir, tmp_path, mqtt_client, topics, spawned):
     database = f"sqlite:///{tmp_path / 'cloud.db'}"
-    env = ingest_env(pki_dir, broker.settings.tls_port, tmp_path / "data", database, WORKER_NAME="w1", SHARED_GROUP="ingest")
-    running = launch(spawned, env, tmp_path, "w1")
+    env = ingest_env(pki_dir, broker.settings.tls_port, tmp_path / "data", database, WORKER_NAME="2", SHARED_GROUP="ingest")
+    running = launch(spawned, env, tmp_path, "2")
     retirement = subprocess.run([console_script("emq-ingest"), "--retire"], env=env, capture_output=True, text=True, timeout=120)
     assert retirement.returncode == 4, retirement.stdout + retirement.stderr[-2000:]
     assert "still running" in retirement.stderr

@@ -47,5 +47,14 @@ def test_reserved_device_ids_are_refused(pki_dir):
 
 
 def test_ingest_defaults_to_a_persistent_session(pki_dir):
-    config = load_config(IngestConfig, None, env_prefix="EMQ_INGEST__", environ={"EMQ_INGEST__PKI_DIR": str(pki_dir), "EMQ_INGEST__WORKER_NAME": "7"})
-    assert config.mqtt.client_id == "ingest-7" and config.mqtt.clean_start is False and config.mqtt.session_expiry_s > 0
+    config = load_config(IngestConfig, None, env_prefix="EMQ_INGEST__", environ={"EMQ_INGEST__PKI_DIR": str(pki_dir)})
+    assert config.mqtt.client_id == "ingest" and config.mqtt.clean_start is False and config.mqtt.session_expiry_s > 0
+
+
+def test_a_named_ingest_worker_is_its_own_identity(pki_dir):
+    environ = {"EMQ_INGEST__PKI_DIR": str(pki_dir), "EMQ_INGEST__WORKER_NAME": "2"}
+    config = load_config(IngestConfig, None, env_prefix="EMQ_INGEST__", environ=environ)
+    assert config.identity == config.mqtt.client_id == "ingest-2"
+    assert config.mqtt.tls.cert_file.name == "ingest-2.crt"
+    with pytest.raises(ConfigError, match="ingest-7.crt does not exist"):
+        load_config(IngestConfig, None, env_prefix="EMQ_INGEST__", environ={**environ, "EMQ_INGEST__WORKER_NAME": "7"})

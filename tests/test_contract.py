@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from contract.emotions import EMOTIONS
-from contract.messages import MAX_RESULT_BYTES, Probabilities, Stats, parse_utc_millis
+from contract.messages import MAX_RESULT_BYTES, Probabilities, Stats, StoredMark, parse_utc_millis
 from contract.schema import SCHEMA_DIR, render_schemas
 from contract.topics import Channel, InvalidDeviceId, Topics, check_device_id
 from contract.validation import (
@@ -21,6 +21,7 @@ from contract.validation import (
     parse_result,
     parse_stats,
     parse_status,
+    parse_stored_mark,
 )
 from tests import factories
 
@@ -274,5 +275,24 @@ def test_schema_version_is_required_on_the_wire():
     document = factories.result_dict()
     del document["schema"]
     assert "schema" in rejection(encode(document))
-    document["schema"] = "emotion.result/2"
+    document["schema"] = "emotion.result/1"  # the version before epochs: its identity can repeat, so refused
     assert "schema" in rejection(encode(document))
+    document["schema"] = "emotion.result/3"
+    assert "schema" in rejection(encode(document))
+
+
+def test_a_result_names_its_epoch():
+    document = factories.result_dict()
+    del document["epoch"]
+    assert "epoch" in rejection(encode(document))
+    document["epoch"] = "a/b"
+    assert "epoch" in rejection(encode(document))
+
+
+def test_stored_mark_round_trip_and_device_check():
+    mark = StoredMark(device_id="cam-a", epoch="0123456789abcdef", seq=41, stored_at="2026-12-02T18:00:00.000Z")
+    assert parse_stored_mark(mark.to_json(), expected_device="cam-a") == mark
+    with pytest.raises(ContractError, match="does not match"):
+        parse_stored_mark(mark.to_json(), expected_device="cam-b")
+    with pytest.raises(ContractError, match="seq"):
+        parse_stored_mark(mark.to_json().replace(b'"seq":41', b'"seq":-1'))

@@ -253,9 +253,9 @@ def face_with(label: str, confidence: float, *, track_id: int = 1, box=(240, 80,
     )
 
 
-def result_with(device: str, seq: int, faces: list[Face], captured_at: datetime | None = None):
+def result_with(device: str, seq: int, faces: list[Face], captured_at: datetime | None = None, epoch: str | None = None):
     return make_result(
-        device_id=device, seq=seq, source="file:synthetic", video_file="synthetic", frame_number=seq,
+        device_id=device, epoch=epoch or uuid.uuid4().hex[:16], seq=seq, source="file:synthetic", video_file="synthetic", frame_number=seq,
         captured_at=captured_at or datetime.now(timezone.utc), frame_width=FRAME_SIZE[0], frame_height=FRAME_SIZE[1],
         model_name="mini_xception_fer2013", model_version="1.0.0", faces=faces,
     )
