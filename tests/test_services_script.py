@@ -97,4 +97,5 @@ def test_ctrl_c_stops_the_edge_first_and_the_broker_last(pki_dir, tmp_path):
     ingest_log = (tmp_path / "log" / "ingest.log").read_text()
     ingest_totals = json.loads(ingest_log.rsplit("ingest totals: ", 1)[1].splitlines()[0])
     assert ingest_totals["results"] == totals["results_published"], "the ingest stored all the edge sent before it stopped"
-    assert "Traceback" not in ingest_log + text
+    everything = text + ingest_log + (tmp_path / "log" / "webui.log").read_text()
+    assert "Traceback" not in everything and " ERROR " not in everything, "a normal stop logs no errors"
