@@ -115,14 +115,19 @@ def test_decode_time_excludes_the_pacing_wait(tmp_path):
     assert max(decode_times) < 0.025, decode_times
 
 
+def reports_after(messages, frames: int) -> list:
+    """The stats reports sent once the agent had processed ``frames`` frames."""
+    reports = [parse_stats(message.payload) for message in messages]
+    return [report for report in reports if report.frames_processed >= frames]
+
+
 def test_a_paced_agent_reports_decode_without_the_wait_and_logs_totals_on_stop(broker, pki_dir, tmp_path, mqtt_client, topics, spawned):
     stats = subscribe_and_wait(mqtt_client("monitor"), topics.stats("cam-a"))
     env = agent_env(pki_dir, broker.settings.tls_port, tmp_path / "edge", SOURCE__IMAGE_FPS="5")
     process = start_agent(env, tmp_path / "agent.log", "--source", str(folder_of_faces(tmp_path / "faces")), "--loop")
     spawned.append(process)
-    processed = lambda messages: [parse_stats(m.payload) for m in messages if parse_stats(m.payload).frames_processed >= 5]  # noqa: E731
-    assert stats.wait_for(lambda messages: processed(messages), WAIT_S * 3), (tmp_path / "agent.log").read_text()
-    report = processed(stats.messages)[-1]
+    assert stats.wait_for(lambda messages: reports_after(messages, 5), WAIT_S * 3), (tmp_path / "agent.log").read_text()
+    report = reports_after(stats.messages, 5)[-1]
     # At 5 frames/s the pacing wait is ~200 ms a frame; reading a small JPEG takes a few.
     assert report.stage_ms.decode < 50, report.stage_ms
     process.send_signal(signal.SIGTERM)
