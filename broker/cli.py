@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokerError as error:
         print(f"emq-broker: {error}", file=sys.stderr)
         return 2
-    print(f"emq-broker: mosquitto on {settings.bind_address}:{settings.tls_port} (TLS), config {conf}", flush=True)
+    log_place = f"log {settings.log_file}" if settings.log_file else f"log on {settings.log_dest}"
+    print(f"emq-broker: mosquitto on {settings.bind_address}:{settings.tls_port} (TLS), config {conf}, {log_place}", flush=True)
     os.execv(binary, [binary, "-c", str(conf)])
     return 0  # not reached
 

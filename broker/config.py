@@ -37,7 +37,11 @@ class BrokerSettings(StrictSettings):
     max_inflight_messages: Annotated[int, Field(ge=1, le=65535)] = Field(
         default=1000, description="QoS 1 messages in flight to one client; a consumer that acks after its commit needs a deep window."
     )
-    log_dest: str = Field(default="stdout", description="'stdout', 'stderr' or 'file <path>'.")
+    log_dest: str = Field(
+        default="file", pattern=r"^(stdout|stderr|file( \S.*)?)$",
+        description="'file' (mosquitto.log in the state folder), 'file <path>', 'stdout' or 'stderr'. Mosquitto writes "
+        "each line through to a file; its stdout into a file or pipe is block-buffered, so a killed broker's last lines are lost.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "BrokerSettings":
@@ -58,6 +62,15 @@ class BrokerSettings(StrictSettings):
     def persistence_dir(self) -> Path:
         return self.state_dir / "data"
 
+    @property
+    def log_file(self) -> Path | None:
+        """Where Mosquitto writes its log, or None when it logs to stdout/stderr."""
+        if self.log_dest == "file":
+            return self.state_dir / "mosquitto.log"
+        if self.log_dest.startswith("file "):
+            return Path(self.log_dest.removeprefix("file ").strip())
+        return None
+
 
 def _run_as_user() -> str:
     # Started as root, Mosquitto drops to the 'mosquitto' user and then cannot
@@ -75,7 +88,7 @@ def render_conf(settings: BrokerSettings) -> str:
         "max_queued_messages": settings.max_queued_messages,
         "max_queued_bytes": settings.max_queued_bytes,
         "max_inflight_messages": settings.max_inflight_messages,
-        "log_dest": settings.log_dest,
+        "log_dest": f"file {settings.log_file.resolve()}" if settings.log_file else settings.log_dest,
         "user_line": _run_as_user(),
         "tls_port": settings.tls_port,
         "password_port": settings.password_port,
@@ -106,6 +119,8 @@ def render_all(settings: BrokerSettings) -> Path:
     if settings.password_port is not None and not paths.passwords.exists():
         write_atomic(paths.passwords, b"", mode=0o600)  # no password users yet
     settings.persistence_dir.mkdir(parents=True, exist_ok=True)
+    if settings.log_file is not None:
+        settings.log_file.parent.mkdir(parents=True, exist_ok=True)
     registry = IdentityRegistry(paths)
     write_atomic(settings.acl_path, render_acl(Topics(settings.topic_prefix), registry.active()).encode())
     write_atomic(settings.conf_path, render_conf(settings).encode())

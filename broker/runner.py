@@ -49,7 +49,8 @@ class MosquittoProcess:
 
     def __init__(self, settings: BrokerSettings, log_path: Path | None = None) -> None:
         self.settings = settings
-        self.log_path = log_path or settings.state_dir / "mosquitto.log"
+        # Mosquitto's own log file when it has one (its start-up errors, on stderr, are appended to it too).
+        self.log_path = log_path or settings.log_file or settings.state_dir / "mosquitto.log"
         self.process: subprocess.Popen | None = None
 
     @property

@@ -27,7 +27,10 @@ class IngestMetrics:
         self.device_fps = Gauge("emq_edge_fps", "Frames/s the edge processed (from its stats)", ["device"], registry=self.registry)
         self.device_outbox = Gauge("emq_edge_outbox_depth", "Results waiting in the edge's outbox", ["device"], registry=self.registry)
         self.device_dropped = Gauge("emq_edge_frames_dropped", "Frames the edge dropped", ["device"], registry=self.registry)
-        self.device_stage_ms = Gauge("emq_edge_stage_ms", "Mean ms per frame of each edge stage", ["device", "stage"], registry=self.registry)
+        # Base units (seconds), as Prometheus names want; the stats message itself keeps milliseconds.
+        self.device_stage_seconds = Gauge(
+            "emq_edge_stage_seconds", "Mean time per frame of each edge stage", ["device", "stage"], registry=self.registry
+        )
         self.device_online = Gauge("emq_edge_online", "1 while the device's status is online", ["device"], registry=self.registry)
 
     def serve(self, port: int, address: str = "0.0.0.0") -> None:
@@ -39,7 +42,7 @@ class IngestMetrics:
         self.device_outbox.labels(device).set(stats.outbox_depth)
         self.device_dropped.labels(device).set(stats.frames_dropped)
         for stage, milliseconds in stats.stage_ms.model_dump().items():
-            self.device_stage_ms.labels(device, stage).set(milliseconds)
+            self.device_stage_seconds.labels(device, stage).set(milliseconds / 1000.0)
 
     def set_status(self, device_id: str, status: str) -> None:
         self.device_online.labels(device_id).set(1 if status == "online" else 0)

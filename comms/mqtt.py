@@ -4,8 +4,9 @@ Everything else talks MQTT through :class:`MqttClient`, which gives:
 
 * TLS from :class:`~comms.settings.MqttSettings` (minimum version, client
   certificate, hostname check), or username/password;
-* automatic reconnection with exponential backoff, including when the very
-  first connection fails (``connect_async`` + ``loop_start``);
+* automatic reconnection with capped, jittered exponential backoff
+  (:func:`common.backoff.backoff_delay`), including when the very first
+  connection fails (``connect_async`` + ``loop_start``);
 * availability: a retained ``offline`` will, retained ``online`` on every
   (re)connect, retained ``stopped`` on a clean stop;
 * :class:`Delivery` handles that complete when the broker has *acknowledged*
@@ -36,6 +37,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from comms.settings import MqttSettings
+from common.backoff import backoff_delay
 from contract.messages import STATUS_OFFLINE, STATUS_ONLINE, STATUS_STOPPED
 
 log = logging.getLogger(__name__)
@@ -47,10 +49,29 @@ _MAX_MEMOISED_ROUTES = 4096
 _PUBACK = struct.Struct("!BBH")
 _PUBACK_HEADER = 0x40
 _TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+# paho logs these at ERROR, yet they are what every lost connection, retry and stop looks like.
+_CONNECTION_NOISE = ("Client is not connected", "failed to receive on socket", "timeout on socket")
 
 
 class MqttError(RuntimeError):
     """A publish or subscribe the client could not even queue."""
+
+
+class _PahoLog(logging.LoggerAdapter):
+    """paho's log with its connection noise demoted: WARNING while reconnecting, INFO while stopping.
+
+    An adapter rather than paho's ``on_log``: ``on_log`` formats every debug
+    line (one per packet), the logger skips them unformatted.
+    """
+
+    def __init__(self, logger: logging.Logger, stopping: Callable[[], bool]) -> None:
+        super().__init__(logger, {})
+        self._stopping = stopping
+
+    def log(self, level, msg, *args, **kwargs) -> None:
+        if level >= logging.ERROR and isinstance(msg, str) and msg.startswith(_CONNECTION_NOISE):
+            level = logging.INFO if self._stopping() else logging.WARNING
+        super().log(level, msg, *args, **kwargs)
 
 
 @dataclass(frozen=True)
@@ -225,6 +246,7 @@ class MqttClient:
         self._server_max_packet: int | None = None
         self.last_error: str | None = None
         self.connect_count = 0
+        self._failed_attempts = 0  # since the last successful connect, for the backoff
         self._client = self._build_client(manual_ack)
 
     # -- construction -----------------------------------------------------
@@ -236,7 +258,7 @@ class MqttClient:
             protocol=paho.MQTTv5,
             manual_ack=manual_ack,
         )
-        client.enable_logger(logging.getLogger("paho"))
+        client.enable_logger(_PahoLog(logging.getLogger("paho"), lambda: self._stopping))
         if settings.tls is not None:
             client.tls_set_context(build_tls_context(settings))
         if settings.username:
@@ -452,6 +474,7 @@ class MqttClient:
             log.error("%s (client id %s)", self.last_error, self.settings.client_id)
             return
         self.connect_count += 1
+        self._failed_attempts = 0
         self._server_max_packet = getattr(properties, "MaximumPacketSize", None)
         self.last_error = None
         self._refused = False
@@ -478,7 +501,15 @@ class MqttClient:
 
     def _handle_connect_fail(self, client, userdata) -> None:
         self.last_error = f"cannot connect to {self.settings.host}:{self.settings.port}"
-        log.warning("%s; retrying with backoff", self.last_error)
+        if not self._stopping:
+            log.warning("%s; retrying in %.1f s", self.last_error, self._schedule_retry(client))
+
+    def _schedule_retry(self, client: paho.Client) -> float:
+        """Set paho's wait before its next attempt from our backoff (paho's own has no jitter); returns it."""
+        delay = backoff_delay(self._failed_attempts, self.settings.reconnect_min_delay_s, self.settings.reconnect_max_delay_s)
+        self._failed_attempts += 1
+        client.reconnect_delay_set(delay, delay)  # min == max: paho waits exactly this once
+        return delay
 
     def _handle_disconnect(self, client, userdata, flags, reason_code: ReasonCode, properties) -> None:
         was_connected = self._connected.is_set()
@@ -487,7 +518,7 @@ class MqttClient:
             # Dropped before a CONNACK: typically the broker rejected our certificate.
             self.last_error = f"connection closed during handshake ({reason_code}); check certificate and CA"
         if not self._stopping:
-            log.warning("disconnected from broker (%s); reconnecting", reason_code)
+            log.warning("disconnected from broker (%s); reconnecting in %.1f s", reason_code, self._schedule_retry(client))
         if was_connected:
             self._notify(False, str(reason_code))
 

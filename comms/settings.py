@@ -41,7 +41,9 @@ class MqttSettings(StrictSettings):
     topic_prefix: str = Field(default=DEFAULT_PREFIX, description="First topic level(s) of every topic.")
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
     reconnect_min_delay_s: Annotated[float, Field(gt=0, le=60)] = 0.5
-    reconnect_max_delay_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+    reconnect_max_delay_s: Annotated[float, Field(gt=0, le=600)] = Field(
+        default=5.0, description="Cap of the jittered exponential backoff: a client waits at most this long after the broker is back."
+    )
     clean_start: bool = Field(default=True, description="False + session_expiry_s > 0 keeps subscriptions and queued QoS 1 messages across disconnects.")
     session_expiry_s: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
     max_inflight: Annotated[int, Field(ge=1, le=65535)] = Field(default=100, description="QoS 1 messages in flight before paho queues.")

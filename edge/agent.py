@@ -7,6 +7,7 @@ lost offline); frames and stats are live data (QoS 0, dropped offline).
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pybase64
 
+from common.backoff import backoff_delay
 from comms.mqtt import Availability, MqttClient, MqttError
 from contract.messages import (
     FRAME_CONTENT_TYPE,
@@ -48,7 +50,7 @@ log = logging.getLogger(__name__)
 
 FRAME_EXPIRY_S = 10
 PROGRESS_LOG_S = 5.0
-RECONNECT_MIN_S, RECONNECT_MAX_S = 1.0, 30.0
+RECONNECT_MIN_S, RECONNECT_MAX_S = 1.0, 5.0  # a camera back after a glitch is read again within ~5 s
 STAGES = ("decode", "detect", "classify", "draw", "encode", "publish")
 
 
@@ -183,12 +185,24 @@ class EdgeAgent:
             if not flushed and self.outbox.depth():
                 log.warning("%d result(s) stay in the outbox; they are sent on the next start", self.outbox.depth())
             self.forwarder.stop()
+        self._log_totals()
         if self.client is not None:
             self.client.stop()
         if self.outbox is not None:
             self.outbox.close()
         if self.source is not None:
             self.source.close()
+
+    def _log_totals(self) -> None:
+        """One line an operator (or a test) can read after a stop: what this run did, and what is left."""
+        totals = {
+            "frames_processed": self.counters.processed,
+            "frames_dropped": self.counters.dropped,
+            "results_published": self.forwarder.published if self.forwarder else 0,
+            "outbox_depth": self.outbox.depth() if self.outbox else 0,
+            "duration_s": round(time.monotonic() - self._started_at, 3),
+        }
+        log.info("edge totals: %s", json.dumps(totals))
 
     def _flush(self, timeout: float) -> bool:
         """Give pending results a bounded chance to reach the cloud (connecting first if needed)."""
@@ -214,7 +228,6 @@ class EdgeAgent:
             if self.paused and not is_live(self.source):
                 self.stop_event.wait(0.05)
                 continue
-            read_started = time.perf_counter()
             item = next(frames, None)
             if item is None:
                 if not is_live(self.source) or not self._reopen_live_source():
@@ -222,7 +235,7 @@ class EdgeAgent:
                     return
                 frames = iter(self.source)
                 continue
-            decode_ms = (time.perf_counter() - read_started) * 1000.0
+            decode_ms = self.source.decode_seconds * 1000.0  # without the pacing wait of --pace
             if self._skip_frame():
                 continue
             self._process(*item, decode_ms=decode_ms)
@@ -232,16 +245,17 @@ class EdgeAgent:
     def _reopen_live_source(self) -> bool:
         """A camera or stream that stops delivering is reopened with backoff, until it works or we stop."""
         self.source.close()
-        delay = RECONNECT_MIN_S
+        attempt = 0
         while not self.stop_event.is_set():
-            log.warning("source %s stopped delivering frames; reopening in %.0f s", self.source.description, delay)
+            delay = backoff_delay(attempt, RECONNECT_MIN_S, RECONNECT_MAX_S)
+            log.warning("source %s stopped delivering frames; reopening in %.1f s", self.source.description, delay)
             if self.stop_event.wait(delay):
                 return False
             try:
                 self.source = self._open_source()
             except SourceError as error:
                 log.warning("cannot reopen the source: %s", error)
-                delay = min(delay * 2, RECONNECT_MAX_S)
+                attempt += 1
                 continue
             self.pipeline.reset()  # tracks from before the gap mean nothing now
             return True

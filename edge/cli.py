@@ -5,7 +5,7 @@
 Settings: TOML file, then ``EMQ_EDGE__*`` environment variables (e.g.
 ``EMQ_EDGE__MQTT__HOST=broker.example.org``), then these flags. Exit codes:
 0 done (end of input or SIGINT/SIGTERM), 2 bad config, 3 no usable model,
-4 source cannot be opened.
+4 source cannot be opened or has no readable frame (e.g. a folder of broken images).
 """
 
 from __future__ import annotations

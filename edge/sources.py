@@ -2,7 +2,8 @@
 
 Every source is an iterator of ``(frame_number, capture_time_utc, frame_bgr)``
 with consecutive frame numbers from 0, a ``description`` for logs and
-messages (e.g. ``"file:woman2.mp4"``), and ``close()``; sources are also
+messages (e.g. ``"file:woman2.mp4"``), ``decode_seconds`` (how long reading
+the latest frame took, without any pacing wait), and ``close()``; sources are also
 context managers. A source that cannot be opened raises ``SourceError`` at
 construction, never at the first frame. Iteration ends cleanly at the end of
 the input (a live camera or stream ends when it stops delivering frames).
@@ -96,6 +97,7 @@ class FrameSource:
         self._next_frame_number = 0
         self._closed = False
         self._pacer = FramePacer(pace_fps) if pace_fps else None
+        self.decode_seconds = 0.0
 
     def __iter__(self) -> Iterator[Frame]:
         return self
@@ -103,7 +105,10 @@ class FrameSource:
     def __next__(self) -> Frame:
         if self._closed:
             raise StopIteration
+        read_started = time.perf_counter()
         frame = self._read_frame()
+        # Timed apart from the pacing wait below: that wait is idle time, not decoding.
+        self.decode_seconds = time.perf_counter() - read_started
         if frame is None:
             self.close()
             raise StopIteration
@@ -234,7 +239,10 @@ class GStreamerSource(_CaptureSource):
 
 
 class ImageFolderSource(FrameSource):
-    """The .jpg/.jpeg/.png images of a directory in name order; unreadable files are skipped with a warning."""
+    """The .jpg/.jpeg/.png images of a directory in name order; unreadable files are skipped with a warning.
+
+    Raises ``SourceError`` at construction when no image in it can be decoded.
+    """
 
     def __init__(self, folder: str | os.PathLike[str], loop: bool = False, fps: float | None = None) -> None:
         super().__init__(pace_fps=fps)
@@ -247,8 +255,19 @@ class ImageFolderSource(FrameSource):
         self.loop = loop
         self._position = 0
         self.description = f"folder:{self.folder.name}"
+        # Read the first image now, as the capture sources do: a folder with no readable image
+        # is a source that cannot be opened, not an input that ends before it started.
+        self._pending = self._next_readable()
+        if self._pending is None:
+            raise SourceError(f"image folder {self.folder}: none of its {len(self.paths)} image(s) can be decoded")
 
     def _read_frame(self) -> np.ndarray | None:
+        if self._pending is not None:
+            frame, self._pending = self._pending, None
+            return frame
+        return self._next_readable()
+
+    def _next_readable(self) -> np.ndarray | None:
         # Bounded by one pass: a folder of unreadable images ends instead of looping forever.
         for _ in range(len(self.paths)):
             if self._position >= len(self.paths):

@@ -215,5 +215,5 @@ def test_metrics_are_scraped_and_edge_stats_bridged(broker, pki_dir, tmp_path, m
     text = scrape()
     assert 'emq_ingest_stored_total{kind="result"} 1.0' in text
     assert "emq_ingest_quarantined_total 1.0" in text
-    assert 'emq_edge_fps{device="cam-a"} 12.5' in text and 'emq_edge_stage_ms{device="cam-a",stage="detect"} 4.5' in text
+    assert 'emq_edge_fps{device="cam-a"} 12.5' in text and 'emq_edge_stage_seconds{device="cam-a",stage="detect"} 0.0045' in text
     store.close()
