@@ -79,7 +79,8 @@ def record(max_frames: int) -> Recorded:
     from edge.model import load_model
     from edge.perception.codec import encode_jpeg
     from edge.perception.pipeline import PerceptionPipeline
-    from edge.sample import write_sample
+    sys.path.insert(0, str(REPO / "scripts"))
+    from sample_video import write_sample
     from edge.sources import open_source
 
     video = SHARED_VIDEO if SHARED_VIDEO.exists() else write_sample(Path(tempfile.gettempdir()) / "emq-bench-sample.mp4")

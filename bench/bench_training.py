@@ -37,7 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chat
 
 import numpy as np
 
-from models.preprocess import resize_faces
+from runtime.preprocess import resize_faces
 
 DEFAULT_NPZ = REPOSITORY.parent / "shared" / "data" / "fer2013_trainval.npz"
 THROUGHPUT_FACES = 10_000

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.registry import ModelEntry, ModelRegistry, RegistryError
-from models.tflite_runner import TFLiteEmotionModel
+from runtime.registry import ModelEntry, ModelRegistry, RegistryError
+from runtime.tflite_runner import TFLiteEmotionModel
 
 
 class ModelUnavailable(RuntimeError):

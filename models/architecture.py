@@ -42,7 +42,7 @@ def build_mini_xception(
     # Arguments
         input_shape: Shape of one input image, (height, width, channels).
             The pretrained weights expect (64, 64, 1): grey faces scaled to
-            [-1, 1] (see ``models.preprocess.normalize_faces``).
+            [-1, 1] (see ``runtime.preprocess.normalize_faces``).
         num_classes: Number of output classes; 7 for FER2013, in the order of
             ``contract.emotions.EMOTIONS``.
         l2_regularization: L2 penalty factor on the stem convolution kernels.

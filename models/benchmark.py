@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.registry import ModelRegistry, default_store
-from models.tflite_runner import TFLiteEmotionModel
+from runtime.registry import ModelRegistry, default_store
+from runtime.tflite_runner import TFLiteEmotionModel
 
 
 @dataclass(frozen=True)

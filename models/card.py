@@ -38,7 +38,7 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from contract.emotions import EMOTIONS, NUM_EMOTIONS
-from models.registry import (
+from runtime.registry import (
     PRETRAINED_VERSION,
     ModelEntry,
     ModelRegistry,

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from models.registry import MODEL_NAME, PRETRAINED_VERSION, ModelEntry, ModelRegistry, default_store, verified_entry
+from runtime.registry import MODEL_NAME, PRETRAINED_VERSION, ModelEntry, ModelRegistry, default_store, verified_entry
 
 PROGRAM_NAME = "emq-model"
 logger = logging.getLogger(PROGRAM_NAME)

@@ -13,7 +13,7 @@ registers the result as version 1.0.0.
 separate so the retraining job can reuse them.
 
 This module imports TensorFlow; the edge process must not import it (it uses
-``models.tflite_runner`` and ``models.registry`` only).
+``runtime.tflite_runner`` and ``runtime.registry`` only).
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ import tensorflow as tf
 
 from contract.emotions import EMOTIONS
 from models.architecture import ARRIAGA_LAYER_NAMES, build_mini_xception
-from models.preprocess import normalize_faces, resize_faces
-from models.registry import (
+from runtime.preprocess import normalize_faces, resize_faces
+from runtime.registry import (
     MODEL_NAME,
     PRETRAINED_VERSION,
     ModelEntry,
@@ -44,7 +44,7 @@ from models.registry import (
     default_store,
     verified_entry,
 )
-from models.tflite_runner import TFLiteEmotionModel
+from runtime.tflite_runner import TFLiteEmotionModel
 
 logger = logging.getLogger(__name__)
 

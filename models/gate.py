@@ -27,7 +27,7 @@ import numpy as np
 
 from contract.emotions import NUM_EMOTIONS
 from models.convert import evaluate_tflite
-from models.registry import sha256_file
+from runtime.registry import sha256_file
 from models.training import (
     MIN_VALIDATION_SAMPLES,
     LabelledFaces,

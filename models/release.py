@@ -14,7 +14,7 @@ from pathlib import Path
 from comms.mqtt import MqttClient
 from contract.messages import ModelRelease, utc_millis
 from contract.topics import Topics
-from models.registry import ModelEntry, ModelRegistry
+from runtime.registry import ModelEntry, ModelRegistry
 
 ACK_TIMEOUT_S = 30.0
 

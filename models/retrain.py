@@ -37,8 +37,8 @@ from common.cli import configure_logging, load_or_exit, print_config
 from common.config import StrictSettings
 from contract.topics import Topics
 from models.dataset import CollectedDataset, DatasetSettings, build_dataset
-from models.preprocess import resize_faces
-from models.registry import ModelRegistry
+from runtime.preprocess import resize_faces
+from runtime.registry import ModelRegistry
 
 log = logging.getLogger("models.retrain")
 

@@ -8,7 +8,7 @@ This is the TensorFlow side of the retraining job::
 
 What it does, and why:
 
-* Inputs are ``models.preprocess.normalize_faces`` of uint8 grey faces (the
+* Inputs are ``runtime.preprocess.normalize_faces`` of uint8 grey faces (the
   same function the edge uses), so training and inference see the same pixels.
 * Augmentation reproduces Arriaga's ``ImageDataGenerator`` (rotation 10 deg,
   shifts 10 %, independent x/y zoom 10 %, horizontal flip, nearest fill) as
@@ -53,7 +53,7 @@ import tensorflow as tf
 
 from contract.emotions import EMOTIONS, NUM_EMOTIONS
 from models.architecture import build_mini_xception
-from models.preprocess import FACE_SIZE, normalize_faces, resize_faces
+from runtime.preprocess import FACE_SIZE, normalize_faces, resize_faces
 
 logger = logging.getLogger(__name__)
 

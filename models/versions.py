@@ -33,7 +33,7 @@ from models.convert import (
     max_output_difference,
     probe_batch,
 )
-from models.registry import (
+from runtime.registry import (
     MODEL_NAME,
     PRETRAINED_VERSION,
     ModelEntry,

@@ -12,7 +12,7 @@ DEVICE=${EMQ_DEMO_DEVICE:-demo-cam}
 
 # The product must run without our test media: make a sample from a portrait
 # that matplotlib ships, unless the user names a source.
-SOURCE=${EMQ_DEMO_SOURCE:-$("$BIN/python" -m edge.sample var/sample/demo.mp4)}
+SOURCE=${EMQ_DEMO_SOURCE:-$("$BIN/python" scripts/sample_video.py var/sample/demo.mp4)}
 
 port_in_use() { "$BIN/python" -c "import sys; from broker.runner import port_accepts; sys.exit(0 if port_accepts('127.0.0.1', $1) else 1)"; }
 for port in 8883 8884 8080; do

@@ -25,8 +25,8 @@ import keras
 
 from models import convert
 from models.architecture import build_mini_xception
-from models.registry import ModelEntry, ModelRegistry, ModelVerificationError
-from models.tflite_runner import TFLiteEmotionModel
+from runtime.registry import ModelEntry, ModelRegistry, ModelVerificationError
+from runtime.tflite_runner import TFLiteEmotionModel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FER2013_NPZ = Path(__file__).resolve().parents[2] / "shared" / "data" / "fer2013_trainval.npz"
@@ -210,9 +210,9 @@ def test_import_rebuilds_a_corrupted_version(
 EDGE_PROCESS = """
 import json, sys
 import numpy as np
-from models.registry import ModelRegistry
-from models.tflite_runner import TFLiteEmotionModel
-from models.preprocess import prepare_faces
+from runtime.registry import ModelRegistry
+from runtime.tflite_runner import TFLiteEmotionModel
+from runtime.preprocess import prepare_faces
 
 registry = ModelRegistry(sys.argv[1])
 entry = registry.get(sys.argv[2])

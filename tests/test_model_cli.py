@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from models.cli import main
-from models.registry import ModelEntry, ModelRegistry
+from runtime.registry import ModelEntry, ModelRegistry
 
 
 @pytest.fixture

@@ -21,15 +21,15 @@ import keras
 from models.card import write_model_card
 from models.convert import evaluate_tflite, export_tflite
 from models.gate import GateDecision, confusion_matrix, decide, gate
-from models.preprocess import resize_faces
-from models.registry import (
+from runtime.preprocess import resize_faces
+from runtime.registry import (
     ModelEntry,
     ModelNotFoundError,
     ModelRegistry,
     RegistryError,
     VersionConflictError,
 )
-from models.tflite_runner import TFLiteEmotionModel
+from runtime.tflite_runner import TFLiteEmotionModel
 from models.training import (
     TrainingData,
     TrainingRun,

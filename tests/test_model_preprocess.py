@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from models.preprocess import FACE_SIZE, normalize_faces, prepare_faces, resize_faces
+from runtime.preprocess import FACE_SIZE, normalize_faces, prepare_faces, resize_faces
 
 
 def test_normalize_maps_uint8_range_to_minus_one_one() -> None:

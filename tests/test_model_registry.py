@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from contract.emotions import EMOTIONS
-from models.registry import (
+from runtime.registry import (
     ModelEntry,
     ModelFile,
     ModelNotFoundError,

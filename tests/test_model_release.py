@@ -6,7 +6,7 @@ import signal
 
 from contract.messages import ModelRelease
 from contract.validation import parse_reply, parse_result, parse_stats
-from models.registry import ModelRegistry
+from runtime.registry import ModelRegistry
 from models.release import manifest_for, publish_release
 from tests.conftest import WAIT_S, media_file, subscribe_and_wait
 from tests.edge_helpers import agent_env, start_agent

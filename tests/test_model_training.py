@@ -19,8 +19,8 @@ import tensorflow as tf
 
 from models.architecture import build_mini_xception
 from models.convert import probe_batch
-from models.preprocess import normalize_faces, resize_faces
-from models.registry import ModelRegistry, RegistryError
+from runtime.preprocess import normalize_faces, resize_faces
+from runtime.registry import ModelRegistry, RegistryError
 from models.training import (
     SubsampledPointwiseConv2D,
     TrainingData,

@@ -15,7 +15,7 @@ import pytest
 
 from cloud.store import Store
 from contract.validation import parse_result
-from models.registry import ModelRegistry
+from runtime.registry import ModelRegistry
 from tests.cloud_helpers import ingest_env, start_ingest
 from tests.conftest import SHARED, WAIT_S, console_script, media_file, subscribe_and_wait, wait_until
 from tests.edge_helpers import agent_env, start_agent

@@ -9,7 +9,7 @@ offsets were for his 48x48 model and crop far more background.) The margin
 matters: with fer's exact crop our float model agrees with fer's quantised
 one on 98 % of woman2's faces, so label differences come from the crop.
 
-Resizing to 64x64 and scaling to [-1, 1] are ``models.preprocess``, shared
+Resizing to 64x64 and scaling to [-1, 1] are ``runtime.preprocess``, shared
 with training, so the edge model sees the same pixels it was trained on.
 """
 
@@ -24,14 +24,14 @@ import numpy as np
 from contract.emotions import NUM_EMOTIONS
 from edge.perception.boxes import Box, expand_box, square_box
 from edge.perception.settings import ClassificationSettings
-from models.preprocess import FACE_SIZE, normalize_faces, resize_faces
+from runtime.preprocess import FACE_SIZE, normalize_faces, resize_faces
 
 
 @runtime_checkable
 class EmotionModel(Protocol):
     """Anything with ``predict(batch float32 (N, 64, 64, 1) in [-1, 1]) -> (N, 7) probabilities``.
 
-    ``models.tflite_runner.TFLiteEmotionModel`` is the production one.
+    ``runtime.tflite_runner.TFLiteEmotionModel`` is the production one.
     """
 
     def predict(self, normalized_batch: np.ndarray) -> np.ndarray: ...

@@ -36,7 +36,7 @@ class TFLiteEmotionModel:
     def predict(self, normalized_batch: np.ndarray) -> np.ndarray:
         """Probabilities (N, 7) float32 for a normalised batch (N, 64, 64, 1) float32.
 
-        Build the batch with ``models.preprocess.prepare_faces``.  N may be 0,
+        Build the batch with ``runtime.preprocess.prepare_faces``.  N may be 0,
         which returns an empty (0, 7) array without running the model.
         """
         batch = np.asarray(normalized_batch)
@@ -72,4 +72,4 @@ class TFLiteEmotionModel:
                 f"expected a batch of shape (N, {', '.join(map(str, self.face_shape))}), got {batch.shape}"
             )
         if batch.dtype != np.float32:
-            raise TypeError(f"expected float32 faces from models.preprocess.normalize_faces, got {batch.dtype}")
+            raise TypeError(f"expected float32 faces from runtime.preprocess.normalize_faces, got {batch.dtype}")

@@ -59,10 +59,14 @@ class ModelVerificationError(RegistryError):
     """A model file is missing or its size or sha256 differs from the registry."""
 
 
+# In a source checkout, `emq-model import-pretrained` fills models/store/ (git ignores it).
+CHECKOUT_STORE = Path(__file__).resolve().parents[1] / "models" / "store"
+
+
 def default_store() -> Path:
-    """The store directory: ``$EMQ_MODEL_STORE`` if set, else ``models/store`` in this package."""
+    """The store directory: ``$EMQ_MODEL_STORE`` if set, else the checkout's ``models/store``."""
     configured = os.environ.get(STORE_ENVIRONMENT_VARIABLE)
-    return Path(configured) if configured else Path(__file__).resolve().parent / "store"
+    return Path(configured) if configured else CHECKOUT_STORE
 
 
 def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
@@ -96,8 +100,8 @@ class InputSpec(_StrictModel):
     dtype: str = "float32"
     color: str = "grey"
     value_range: tuple[float, float] = (-1.0, 1.0)
-    normalization: str = "(x / 255 - 0.5) * 2, see models.preprocess.normalize_faces"
-    resize: str = "cv2.resize default interpolation (INTER_LINEAR), see models.preprocess.resize_faces"
+    normalization: str = "(x / 255 - 0.5) * 2, see runtime.preprocess.normalize_faces"
+    resize: str = "cv2.resize default interpolation (INTER_LINEAR), see runtime.preprocess.resize_faces"
 
 
 class ModelFile(_StrictModel):

@@ -6,7 +6,7 @@ Hopper's portrait. The video slides and zooms it across a frame, with a
 mirrored second copy part of the time, so detection, tracking (two ids)
 and the dashboard have something real to show.
 
-    python -m edge.sample var/sample/demo.mp4
+    python scripts/sample_video.py var/sample/demo.mp4
 """
 
 from __future__ import annotations
