@@ -71,7 +71,8 @@ def wants_json() -> bool:
 
 def guard():
     """Log-in check for every non-public endpoint, then the CSRF check for every unsafe method."""
-    g.user = auth.session_user(current_services().users)
+    services = current_services()
+    g.user = auth.session_user(services.users, services.sessions)
     if request.endpoint not in PUBLIC_ENDPOINTS and g.user is None:
         if wants_json():
             return jsonify(error="login required"), 401
