@@ -24,6 +24,7 @@ from contract.emotions import EMOTIONS
 from webui.auth import requires
 from webui.commands import CommandNotSent, CommandRejected
 from webui.filters import (
+    MAX_ROW_ID,
     FilterError,
     parse_device,
     parse_int,
@@ -112,7 +113,7 @@ def results():
     return jsonify(total=store.count_results(**arguments), limit=page.limit, offset=page.offset, items=[result_dict(row) for row in rows])
 
 
-@blueprint.route("/results/<int:result_id>")
+@blueprint.route("/results/<rowid:result_id>")
 @requires("viewer")
 def result(result_id: int):
     store = current_services().store
@@ -186,6 +187,8 @@ def add_label():
     face_id, label = body.get("face_id"), body.get("label")
     if isinstance(face_id, bool) or not isinstance(face_id, int) or not isinstance(label, str):
         abort(400, description="face_id (integer) and label (emotion name) are required")
+    if not 0 <= face_id <= MAX_ROW_ID:
+        abort(404, description=f"no face {face_id}")
     try:
         current_services().store.add_label(face_id, label, g.user.name)
     except ValueError as error:

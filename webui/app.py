@@ -17,10 +17,12 @@ from pathlib import Path
 
 from flask import Flask, g, jsonify, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import IntegerConverter
 
 from contract.emotions import EMOTIONS
 from webui import api, assets, auth, pages
 from webui.config import ROLES, WebUIConfig
+from webui.filters import MAX_ROW_ID
 from webui.metrics import WebMetrics
 from webui.security import add_security_headers, csrf_failure, csrf_token
 from webui.services import Services, build_services, current_services
@@ -50,6 +52,7 @@ def create_app(config: WebUIConfig, *, services: Services | None = None) -> Flas
         JSON_SORT_KEYS=False,
     )
     app.extensions["emq"] = services
+    app.url_map.converters["rowid"] = RowIdConverter  # before the blueprints: their rules use it
     for blueprint in (auth.blueprint, pages.blueprint, api.blueprint, assets.blueprint):
         app.register_blueprint(blueprint)
     app.add_url_rule("/healthz", "health", health)
@@ -63,6 +66,19 @@ def create_app(config: WebUIConfig, *, services: Services | None = None) -> Flas
     app.jinja_env.globals["asset"] = AssetUrls(Path(app.static_folder))
     app.jinja_env.globals["plotly_version"] = plotly_version(services.plotly_js)
     return app
+
+
+class RowIdConverter(IntegerConverter):
+    """A database id in a URL: 0 … 2**63 - 1 (signed 64-bit, as SQLite and PostgreSQL store them).
+
+    Anything longer or larger is no such page (404), instead of an overflow
+    inside the database driver (500).
+    """
+
+    regex = r"[0-9]{1,19}"
+
+    def __init__(self, url_map) -> None:
+        super().__init__(url_map, max=MAX_ROW_ID)
 
 
 def wants_json() -> bool:

@@ -53,7 +53,7 @@ def history():
     ), (400 if error else 200)
 
 
-@blueprint.route("/results/<int:result_id>")
+@blueprint.route("/results/<rowid:result_id>")
 @requires("viewer")
 def result_detail(result_id: int):
     """One stored result: its frame with the faces outlined, and every face's probabilities."""
