@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import urllib.parse
 
 from werkzeug.routing import IntegerConverter
@@ -14,6 +15,7 @@ from tests.webui_helpers import (
     copy_session_cookie,
     csrf_of,
     form_log_in,
+    seed_history,
     start_webui,
     webui_config,
 )
@@ -290,3 +292,24 @@ def test_behind_a_trusted_proxy_the_forwarded_address_and_scheme_count(broker, p
         assert allowed.headers["Strict-Transport-Security"].startswith("max-age="), "X-Forwarded-Proto https believed"
     finally:
         running.stop()
+
+
+def test_the_back_link_of_a_result_never_leaves_the_site(webui_app):
+    services = webui_app.extensions["emq"]
+    seeded = seed_history(services.store, services.config.store.data_dir, 2)
+    client = webui_app.test_client()
+    assert form_log_in(client, "viewer").status_code == 302
+    result_path = f"/results/{seeded[0].result_id}"
+
+    def back_link(path: str, **headers) -> str:
+        page = client.get(path, headers=headers)
+        assert page.status_code == 200
+        return re.search(r'<a href="([^"]*)" id="back-to-history"', page.get_data(as_text=True)).group(1)
+
+    assert back_link(result_path, Referer="https://evil.example/history") == "/history", "the Referer is not used"
+    for forged in ("//evil.example/history", "https://evil.example/?a=1", "javascript:alert(1)", "emotion=sad&next=//evil.example"):
+        link = back_link(f"{result_path}?history={urllib.parse.quote(forged)}")
+        assert link.startswith("/history") and "evil" not in link and "javascript" not in link, (forged, link)
+    assert back_link(f"{result_path}?history={urllib.parse.quote('emotion=sad&page=2&x=<script>')}") == "/history?emotion=sad&amp;page=2"
+    history = client.get(f"/history?emotion={seeded[0].label}&bogus=1").get_data(as_text=True)
+    assert f'href="{result_path}?history=emotion%3D{seeded[0].label}"' in history, "rows link to their result with the list's filters"
