@@ -2,7 +2,7 @@
 
     GET  /api/me                              who am I
     GET  /api/devices                         live state of every device (+ the store's device list)
-    GET  /api/stream                          Server-Sent Events: hello, frame, result, status, stats, reply, removed, broker, tick
+    GET  /api/stream                          Server-Sent Events: hello (device_ids, counters), frame, result, status, stats, reply, removed, broker, tick
     GET  /api/results?device&emotion&since&until&range&tz&limit&offset
     GET  /api/results/<id>                    one result with its faces
     GET  /api/emotion-share?device&since&until&range&tz&bucket
@@ -86,7 +86,7 @@ def stream():
         return jsonify(error=str(error)), 503, {"Retry-After": "5"}
     settings = {
         "user": g.user.name, "role": g.user.role, "stale_after_s": services.config.live.stale_after_s,
-        "devices": services.hub.device_ids(),  # after a reconnect the page drops tiles of devices the hub let go
+        "device_ids": services.hub.device_ids(),  # after a reconnect the page drops tiles of devices the hub let go
     }
     events = live_events(
         services.hub,
