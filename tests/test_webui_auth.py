@@ -227,7 +227,11 @@ def test_cookies_and_security_headers(webui, tmp_path, pki_dir, broker):
     client = HttpSession(webui.url)
     login_page = client.get("/login")
     csp = login_page.headers["Content-Security-Policy"]
-    assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
+    assert "script-src 'self';" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
+    assert "nonce-" not in csp and "unsafe-hashes" not in csp and "style-src-attr" not in csp
+    style_sources = next(part for part in csp.split("; ") if part.startswith("style-src ")).split()[1:]
+    assert style_sources[0] == "'self'" and all(source.startswith("'sha256-") for source in style_sources[1:])
+    assert "'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU='" in style_sources, "plotly's empty <style>, filled by insertRule"
     assert login_page.headers["X-Frame-Options"] == "DENY"
     assert login_page.headers["X-Content-Type-Options"] == "nosniff"
     assert login_page.headers["Referrer-Policy"] == "same-origin"

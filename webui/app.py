@@ -15,7 +15,7 @@ import logging
 from datetime import timedelta
 from pathlib import Path
 
-from flask import Flask, g, jsonify, redirect, render_template, request, url_for
+from flask import Flask, current_app, g, jsonify, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import IntegerConverter
 
@@ -24,9 +24,9 @@ from webui import api, assets, auth, pages
 from webui.config import ROLES, WebUIConfig
 from webui.filters import MAX_ROW_ID
 from webui.metrics import WebMetrics
-from webui.security import add_security_headers, csrf_failure, csrf_token
+from webui.security import add_security_headers, content_security_policy, csrf_failure, csrf_token
 from webui.services import Services, build_services, current_services
-from webui.vendor import plotly_version
+from webui.vendor import plotly_style_hashes, plotly_version
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ def create_app(config: WebUIConfig, *, services: Services | None = None) -> Flas
     app.context_processor(template_globals)
     app.jinja_env.globals["asset"] = AssetUrls(Path(app.static_folder))
     app.jinja_env.globals["plotly_version"] = plotly_version(services.plotly_js)
+    app.config["EMQ_CSP"] = content_security_policy(plotly_style_hashes(services.plotly_js))
     return app
 
 
@@ -100,7 +101,8 @@ def guard():
 
 
 def harden(response):
-    return add_security_headers(response, https=request.is_secure or current_services().config.auth.secure_cookies)
+    https = request.is_secure or current_services().config.auth.secure_cookies
+    return add_security_headers(response, policy=current_app.config["EMQ_CSP"], https=https)
 
 
 def health():

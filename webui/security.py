@@ -26,23 +26,34 @@ CSRF_FORM_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
-# Scripts, styles, fonts and data from this origin only; frames arrive as
-# data: URLs (base64 JPEG as published). No inline script or style anywhere.
-CONTENT_SECURITY_POLICY = "; ".join((
-    "default-src 'self'",
-    "script-src 'self'",
-    "style-src 'self'",
-    "img-src 'self' data:",
-    "connect-src 'self'",
-    "font-src 'self'",
-    "object-src 'none'",
-    "base-uri 'none'",
-    "form-action 'self'",
-    "frame-ancestors 'none'",
-))
+def content_security_policy(style_hashes: list[str]) -> str:
+    """Scripts, styles, fonts and data from this origin only; frames arrive as data: URLs.
+
+    No inline script anywhere, and no nonce either: every script is a file.
+    Styles: our own files, plus exactly the <style> elements plotly.js creates,
+    allowed by their SHA-256 (:func:`webui.vendor.plotly_style_hashes`): one
+    empty element that plotly fills through the CSSOM, and maplibre's bundled
+    CSS. A hash allows only that exact text, so an injected <style> with any
+    content is still refused; 'unsafe-inline' (any style element or attribute)
+    would let injected markup restyle the page, and a nonce cannot be given to
+    elements a library creates on its own. Style *attributes* stay refused too:
+    plotly sets element styles through the CSSOM, which the CSP does not govern.
+    """
+    return "; ".join((
+        "default-src 'self'",
+        "script-src 'self'",
+        " ".join(["style-src 'self'", *style_hashes]),
+        "img-src 'self' data:",
+        "connect-src 'self'",
+        "font-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ))
+
 
 SECURITY_HEADERS = {
-    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
@@ -76,7 +87,8 @@ def csrf_failure() -> str | None:
 
 
 # -- headers ------------------------------------------------------------------------------------
-def add_security_headers(response: Response, *, https: bool) -> Response:
+def add_security_headers(response: Response, *, policy: str, https: bool) -> Response:
+    response.headers.setdefault("Content-Security-Policy", policy)
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
     if https:
