@@ -89,11 +89,6 @@ class SessionStore:
         with self._lock:
             self._db.execute("DELETE FROM sessions WHERE id_hash = ?", (hash_session_id(session_id),))
 
-    def end_all_of(self, user_name: str) -> int:
-        """End every session of one user (e.g. removed); returns how many were open."""
-        with self._lock:
-            return self._db.execute("DELETE FROM sessions WHERE user_name = ?", (user_name,)).rowcount
-
     def count(self) -> int:
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM sessions WHERE expires_at > ?", (self._clock(),)).fetchone()[0]
