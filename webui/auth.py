@@ -34,9 +34,7 @@ log = logging.getLogger(__name__)
 blueprint = Blueprint("auth", __name__)
 
 MAX_CREDENTIAL_CHARS = 256
-
-
-SESSION_ID_KEY = "sid"
+SESSION_ID_KEY = "sid"  # the only login data in the cookie; the rest is in webui.sessions
 
 
 def session_user(users: UserDirectory, sessions: SessionStore) -> User | None:
