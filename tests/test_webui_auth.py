@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import json
+import re
 import urllib.parse
 
 from werkzeug.routing import IntegerConverter
 
-from tests.webui_helpers import PASSWORDS, HttpSession, start_webui, webui_config
-from tests.webui_helpers import webui  # noqa: F401 (shared fixture)
+from tests.webui_helpers import (
+    PASSWORDS,
+    FakeClock,
+    HttpSession,
+    copy_session_cookie,
+    csrf_of,
+    form_log_in,
+    seed_history,
+    start_webui,
+    webui_config,
+)
+from tests.webui_helpers import webui, webui_app  # noqa: F401 (shared fixtures)
 from webui.app import PUBLIC_ENDPOINTS, create_app
+from webui.security import LoginThrottle
 from webui.services import build_services
 from webui.users import add_user, remove_user
 
@@ -111,14 +123,97 @@ def test_invalid_commands_are_refused_with_the_reason(webui):
     assert hostile.status in (400, 404)
 
 
-def test_wrong_passwords_are_throttled(webui):
-    client = HttpSession(webui.url)
+ATTACKER, SECOND_ATTACKER, OWNER = "203.0.113.66", "203.0.113.67", "198.51.100.7"
+
+
+def throttled_app(webui_app) -> FakeClock:
+    """Give the app a throttle on a hand-moved clock (defaults: 5 free, 1 s doubling to 60 s)."""
+    clock = FakeClock()
+    webui_app.extensions["emq"].throttle = LoginThrottle(5, 1.0, 60.0, 900, clock=clock)
+    return clock
+
+
+def test_wrong_passwords_wait_longer_and_longer_never_a_lock(webui_app):
+    clock = throttled_app(webui_app)
+    attacker = webui_app.test_client()
     for _ in range(5):
-        assert client.log_in("admin", "wrong-password").status == 401
-    blocked = client.log_in("admin")  # even the right password waits now
-    assert blocked.status == 429
-    assert int(blocked.headers["Retry-After"]) > 0
-    assert HttpSession(webui.url).log_in("viewer").status == 429, "the same address is throttled too"
+        assert form_log_in(attacker, "admin", "wrong-password", address=ATTACKER).status_code == 401
+    waits = []
+    for _ in range(8):
+        refused = form_log_in(attacker, "admin", PASSWORDS["admin"], address=ATTACKER)
+        assert refused.status_code == 429, "while it waits, not even the right password is checked"
+        waits.append(int(refused.headers["Retry-After"]))
+        clock.advance(waits[-1])
+        assert form_log_in(attacker, "admin", "wrong-password", address=ATTACKER).status_code == 401, "after the wait, a try"
+    assert waits == [1, 2, 4, 8, 16, 32, 60, 60], "doubling, capped at login_max_delay_s"
+    assert form_log_in(webui_app.test_client(), "viewer", address=ATTACKER).status_code == 429, "that address, any account"
+    clock.advance(900 + 61)
+    assert form_log_in(attacker, "admin", address=ATTACKER).status_code == 302, "forgotten after login_forget_after_s"
+
+
+def test_the_owner_gets_in_from_another_address_while_the_account_is_hammered(webui_app):
+    clock = throttled_app(webui_app)
+    attacker = webui_app.test_client()
+    failures = 0
+    for attempt in range(30):
+        status = form_log_in(attacker, "admin", f"guess-{attempt}", address=ATTACKER).status_code
+        assert status in (401, 429)
+        failures += status == 401
+        clock.advance(0.5)
+        if attempt % 10 == 9:
+            owner = webui_app.test_client()
+            assert form_log_in(owner, "admin", address=OWNER).status_code == 302, f"owner locked out after {attempt + 1} guesses"
+            assert owner.get("/api/me").get_json() == {"user": "admin", "role": "admin"}
+    assert failures == 8, "5 free, then after 1, 2 and 4 s (guesses every 0.5 s for 15 s)"
+    # Spreading guesses over addresses does not help: one failure on the hammered account, then the account's delay.
+    second = webui_app.test_client()
+    assert form_log_in(second, "admin", "guess-x", address=SECOND_ATTACKER).status_code == 401
+    refused = form_log_in(second, "admin", "guess-y", address=SECOND_ATTACKER)
+    throttle = webui_app.extensions["emq"].throttle
+    assert refused.status_code == 429
+    assert int(refused.headers["Retry-After"]) == throttle.delay_after(failures + 1) >= 16
+    assert form_log_in(second, "viewer", address=SECOND_ATTACKER).status_code == 302, "its other accounts are not held up"
+
+
+def test_a_copied_session_cookie_is_refused_after_logout(webui_app):
+    browser = webui_app.test_client()
+    assert form_log_in(browser, "viewer").status_code == 302
+    thief = copy_session_cookie(webui_app, browser)
+    assert thief.get("/api/me").get_json() == {"user": "viewer", "role": "viewer"}, "a copy works while the session is open"
+    assert browser.post("/logout", data={"csrf_token": csrf_of(browser)}).status_code == 302
+    assert browser.get("/api/me").status_code == 401
+    assert thief.get("/api/me").status_code == 401, "the copied cookie names a closed session"
+    assert thief.get("/history").status_code == 302
+    assert webui_app.extensions["emq"].sessions.count() == 0
+
+
+def test_a_copied_session_cookie_is_refused_after_a_password_change(webui_app):
+    users_file = webui_app.extensions["emq"].config.auth.users_file
+    add_user(users_file, "carol", "viewer", "carol-password-1")
+    browser = webui_app.test_client()
+    assert form_log_in(browser, "carol", "carol-password-1").status_code == 302
+    thief = copy_session_cookie(webui_app, browser)
+    assert thief.get("/api/me").status_code == 200
+    add_user(users_file, "carol", "viewer", "carol-password-2", replace=True)
+    assert thief.get("/api/me").status_code == 401
+    assert browser.get("/api/me").status_code == 401
+    assert form_log_in(browser, "carol", "carol-password-2").status_code == 302
+    assert browser.get("/api/me").get_json()["user"] == "carol"
+
+
+def test_sessions_are_kept_on_the_server_and_survive_a_restart(webui_app):
+    browser = webui_app.test_client()
+    assert form_log_in(browser, "lab").status_code == 302
+    cookie = browser.get_cookie("emq_session").value
+    services = webui_app.extensions["emq"]
+    stored = services.sessions.path.read_bytes()
+    assert b"lab" in stored and cookie.encode() not in stored
+    restarted = create_app(services.config, services=build_services(services.config, connect=False))
+    try:
+        assert copy_session_cookie(restarted, browser).get("/api/me").get_json()["user"] == "lab"
+    finally:
+        restarted.extensions["emq"].stop()
+    assert services.sessions.path.stat().st_mode & 0o077 == 0, "owner only"
 
 
 def test_login_never_redirects_off_site(webui):
@@ -132,7 +227,11 @@ def test_cookies_and_security_headers(webui, tmp_path, pki_dir, broker):
     client = HttpSession(webui.url)
     login_page = client.get("/login")
     csp = login_page.headers["Content-Security-Policy"]
-    assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
+    assert "script-src 'self';" in csp and "unsafe-inline" not in csp and "frame-ancestors 'none'" in csp
+    assert "nonce-" not in csp and "unsafe-hashes" not in csp and "style-src-attr" not in csp
+    style_sources = next(part for part in csp.split("; ") if part.startswith("style-src ")).split()[1:]
+    assert style_sources[0] == "'self'" and all(source.startswith("'sha256-") for source in style_sources[1:])
+    assert "'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU='" in style_sources, "plotly's empty <style>, filled by insertRule"
     assert login_page.headers["X-Frame-Options"] == "DENY"
     assert login_page.headers["X-Content-Type-Options"] == "nosniff"
     assert login_page.headers["Referrer-Policy"] == "same-origin"
@@ -191,10 +290,30 @@ def test_behind_a_trusted_proxy_the_forwarded_address_and_scheme_count(broker, p
 
         for _ in range(5):
             assert login("admin", "wrong-password", "203.0.113.1").status == 401
-        assert login("viewer", PASSWORDS["viewer"], "203.0.113.1").status == 429, "that address is throttled"
-        assert login("admin", PASSWORDS["admin"], "203.0.113.2").status == 429, "and that user name, from anywhere"
-        allowed = login("viewer", PASSWORDS["viewer"], "203.0.113.2")
-        assert allowed.status == 302, "another address, another user: not throttled"
+        assert login("viewer", PASSWORDS["viewer"], "203.0.113.1").status == 429, "that (forwarded) address is throttled"
+        allowed = login("admin", PASSWORDS["admin"], "203.0.113.2")
+        assert allowed.status == 302, "another address: not throttled, even for the attacked account"
         assert allowed.headers["Strict-Transport-Security"].startswith("max-age="), "X-Forwarded-Proto https believed"
     finally:
         running.stop()
+
+
+def test_the_back_link_of_a_result_never_leaves_the_site(webui_app):
+    services = webui_app.extensions["emq"]
+    seeded = seed_history(services.store, services.config.store.data_dir, 2)
+    client = webui_app.test_client()
+    assert form_log_in(client, "viewer").status_code == 302
+    result_path = f"/results/{seeded[0].result_id}"
+
+    def back_link(path: str, **headers) -> str:
+        page = client.get(path, headers=headers)
+        assert page.status_code == 200
+        return re.search(r'<a href="([^"]*)" id="back-to-history"', page.get_data(as_text=True)).group(1)
+
+    assert back_link(result_path, Referer="https://evil.example/history") == "/history", "the Referer is not used"
+    for forged in ("//evil.example/history", "https://evil.example/?a=1", "javascript:alert(1)", "emotion=sad&next=//evil.example"):
+        link = back_link(f"{result_path}?history={urllib.parse.quote(forged)}")
+        assert link.startswith("/history") and "evil" not in link and "javascript" not in link, (forged, link)
+    assert back_link(f"{result_path}?history={urllib.parse.quote('emotion=sad&page=2&x=<script>')}") == "/history?emotion=sad&amp;page=2"
+    history = client.get(f"/history?emotion={seeded[0].label}&bogus=1").get_data(as_text=True)
+    assert f'href="{result_path}?history=emotion%3D{seeded[0].label}"' in history, "rows link to their result with the list's filters"

@@ -151,3 +151,16 @@ def test_replies_are_matched_to_our_commands_only():
     replies = [data for name, data in events_of(stream) if name == "reply"]
     assert [reply["id"] for reply in replies] == ["ui-1"]
     assert live.invalid["cmd/reply"] == 1, "a reply whose body names another device"
+
+
+def test_a_channel_the_hub_does_not_know_is_ignored_quietly():
+    """E.g. the ingest's retained ``devices/<id>/stored``, should a wider subscription ever deliver it."""
+    live = hub()
+    mailbox = live.open_stream()
+    events_of(mailbox)  # the snapshot (broker state)
+    for topic in ("emotion/devices/cam-a/stored", "emotion/devices/cam-a/stored/extra", "emotion/devices/cam-a/model/blob"):
+        live.handle(message(topic, b'{"stored_seq": 41, "device_id": "cam-a"}', retain=True))
+    assert live.devices() == [] and live.device_ids() == []
+    assert dict(live.invalid) == {} and dict(live.received) == {}, "neither counted as invalid nor as received"
+    assert events_of(mailbox) == [], "nothing sent to the browsers"
+    assert all("#" not in topic_filter for topic_filter in live.subscriptions()), "the hub asks only for its own channels"

@@ -91,3 +91,31 @@ def test_streams_are_limited_and_a_closed_one_frees_its_slot(webui_factory):
     assert third.wait_for(lambda events: [name for name, _ in events][:2] == ["hello", "broker"])
     third.close()
     assert SseReader(webui.url, "emq_session=forged").response.status == 401
+
+
+def test_the_hello_event_lists_the_live_devices_next_to_the_hub_counters(webui_factory, mqtt_client):
+    webui = webui_factory()
+    for device in ("cam-b", "cam-a"):
+        DeviceClient(mqtt_client(device), device).publish_stats()
+    assert wait_until(lambda: webui.services.hub.device_ids() == ["cam-a", "cam-b"])
+    viewer = HttpSession(webui.url)
+    assert viewer.log_in("viewer").status == 302
+    live = SseReader(webui.url, session_cookie(viewer))
+    try:
+        assert live.wait_for(lambda events: any(name == "hello" for name, _ in events))
+        hello = next(data for name, data in live.events if name == "hello")
+        assert hello["device_ids"] == ["cam-a", "cam-b"], "the list the page keeps its tiles by"
+        assert hello["devices"] == 2 and hello["user"] == "viewer", "the hub's count, as in every tick"
+    finally:
+        live.close()
+
+
+def test_hello_settings_may_not_overwrite_the_hub_counters():
+    from contract.topics import Topics
+    from webui.live import LiveHub
+    from webui.stream import hello_event
+
+    hub = LiveHub(Topics(), max_devices=4, max_streams=1)
+    assert b'"device_ids":[]' in hello_event(hub, {"device_ids": []})
+    with pytest.raises(ValueError, match="devices"):
+        hello_event(hub, {"devices": ["cam-a"]})

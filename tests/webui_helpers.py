@@ -150,6 +150,57 @@ def webui(broker, pki_dir, tmp_path):
     running.stop()
 
 
+@pytest.fixture
+def webui_app(pki_dir, tmp_path):
+    """The dashboard's Flask app without a server or broker connection, for Flask's test client."""
+    from webui.app import create_app
+    from webui.services import build_services
+
+    config = webui_config(tmp_path, pki_dir, broker_port=8883)
+    app = create_app(config, services=build_services(config, connect=False))
+    yield app
+    app.extensions["emq"].stop()
+
+
+class FakeClock:
+    """A clock the test moves by hand (for the login throttle's delays)."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def csrf_of(client, page: str = "/") -> str:
+    """The CSRF token of a test client's session; fetches ``page`` first if there is none yet (as after a login)."""
+    with client.session_transaction() as session:
+        token = session.get("csrf")
+    if token:
+        return token
+    client.get(page)
+    with client.session_transaction() as session:
+        return session["csrf"]
+
+
+def form_log_in(client, user: str, password: str | None = None, *, address: str = "127.0.0.1"):
+    """Log a Flask test client in through the form, as a browser at ``address`` would."""
+    environ = {"REMOTE_ADDR": address}
+    client.get("/login", environ_base=environ)
+    fields = {"username": user, "password": password or PASSWORDS[user], "csrf_token": csrf_of(client)}
+    return client.post("/login", data=fields, environ_base=environ)
+
+
+def copy_session_cookie(app, client, name: str = "emq_session"):
+    """A second client holding a copy of ``client``'s session cookie (a stolen cookie)."""
+    thief = app.test_client()
+    thief.set_cookie(name, client.get_cookie(name).value)
+    return thief
+
+
 # == the dashboard ===================================================================================
 def password_hash(user: str) -> str:
     """Hashes are slow by design (scrypt): make each once per test process."""

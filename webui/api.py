@@ -2,7 +2,7 @@
 
     GET  /api/me                              who am I
     GET  /api/devices                         live state of every device (+ the store's device list)
-    GET  /api/stream                          Server-Sent Events: hello, frame, result, status, stats, reply, removed, broker, tick
+    GET  /api/stream                          Server-Sent Events: hello (device_ids, counters), frame, result, status, stats, reply, removed, broker, tick
     GET  /api/results?device&emotion&since&until&range&tz&limit&offset
     GET  /api/results/<id>                    one result with its faces
     GET  /api/emotion-share?device&since&until&range&tz&bucket
@@ -24,6 +24,7 @@ from contract.emotions import EMOTIONS
 from webui.auth import requires
 from webui.commands import CommandNotSent, CommandRejected
 from webui.filters import (
+    MAX_ROW_ID,
     FilterError,
     parse_device,
     parse_int,
@@ -85,7 +86,7 @@ def stream():
         return jsonify(error=str(error)), 503, {"Retry-After": "5"}
     settings = {
         "user": g.user.name, "role": g.user.role, "stale_after_s": services.config.live.stale_after_s,
-        "devices": services.hub.device_ids(),  # after a reconnect the page drops tiles of devices the hub let go
+        "device_ids": services.hub.device_ids(),  # after a reconnect the page drops tiles of devices the hub let go
     }
     events = live_events(
         services.hub,
@@ -112,7 +113,7 @@ def results():
     return jsonify(total=store.count_results(**arguments), limit=page.limit, offset=page.offset, items=[result_dict(row) for row in rows])
 
 
-@blueprint.route("/results/<int:result_id>")
+@blueprint.route("/results/<rowid:result_id>")
 @requires("viewer")
 def result(result_id: int):
     store = current_services().store
@@ -186,6 +187,8 @@ def add_label():
     face_id, label = body.get("face_id"), body.get("label")
     if isinstance(face_id, bool) or not isinstance(face_id, int) or not isinstance(label, str):
         abort(400, description="face_id (integer) and label (emotion name) are required")
+    if not 0 <= face_id <= MAX_ROW_ID:
+        abort(404, description=f"no face {face_id}")
     try:
         current_services().store.add_label(face_id, label, g.user.name)
     except ValueError as error:

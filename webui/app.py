@@ -15,16 +15,18 @@ import logging
 from datetime import timedelta
 from pathlib import Path
 
-from flask import Flask, g, jsonify, redirect, render_template, request, url_for
+from flask import Flask, current_app, g, jsonify, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import IntegerConverter
 
 from contract.emotions import EMOTIONS
 from webui import api, assets, auth, pages
 from webui.config import ROLES, WebUIConfig
+from webui.filters import MAX_ROW_ID
 from webui.metrics import WebMetrics
-from webui.security import add_security_headers, csrf_failure, csrf_token
+from webui.security import add_security_headers, content_security_policy, csrf_failure, csrf_token
 from webui.services import Services, build_services, current_services
-from webui.vendor import plotly_version
+from webui.vendor import plotly_style_hashes, plotly_version
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ def create_app(config: WebUIConfig, *, services: Services | None = None) -> Flas
         JSON_SORT_KEYS=False,
     )
     app.extensions["emq"] = services
+    app.url_map.converters["rowid"] = RowIdConverter  # before the blueprints: their rules use it
     for blueprint in (auth.blueprint, pages.blueprint, api.blueprint, assets.blueprint):
         app.register_blueprint(blueprint)
     app.add_url_rule("/healthz", "health", health)
@@ -62,7 +65,21 @@ def create_app(config: WebUIConfig, *, services: Services | None = None) -> Flas
     app.context_processor(template_globals)
     app.jinja_env.globals["asset"] = AssetUrls(Path(app.static_folder))
     app.jinja_env.globals["plotly_version"] = plotly_version(services.plotly_js)
+    app.config["EMQ_CSP"] = content_security_policy(plotly_style_hashes(services.plotly_js))
     return app
+
+
+class RowIdConverter(IntegerConverter):
+    """A database id in a URL: 0 … 2**63 - 1 (signed 64-bit, as SQLite and PostgreSQL store them).
+
+    Anything longer or larger is no such page (404), instead of an overflow
+    inside the database driver (500).
+    """
+
+    regex = r"[0-9]{1,19}"
+
+    def __init__(self, url_map) -> None:
+        super().__init__(url_map, max=MAX_ROW_ID)
 
 
 def wants_json() -> bool:
@@ -71,7 +88,8 @@ def wants_json() -> bool:
 
 def guard():
     """Log-in check for every non-public endpoint, then the CSRF check for every unsafe method."""
-    g.user = auth.session_user(current_services().users)
+    services = current_services()
+    g.user = auth.session_user(services.users, services.sessions)
     if request.endpoint not in PUBLIC_ENDPOINTS and g.user is None:
         if wants_json():
             return jsonify(error="login required"), 401
@@ -83,7 +101,8 @@ def guard():
 
 
 def harden(response):
-    return add_security_headers(response, https=request.is_secure or current_services().config.auth.secure_cookies)
+    https = request.is_secure or current_services().config.auth.secure_cookies
+    return add_security_headers(response, policy=current_app.config["EMQ_CSP"], https=https)
 
 
 def health():

@@ -26,7 +26,7 @@ def send_stored(relative_path: str | None):
     return response
 
 
-@blueprint.route("/media/results/<int:result_id>/frame")
+@blueprint.route("/media/results/<rowid:result_id>/frame")
 @requires("viewer")
 def result_frame(result_id: int):
     store = current_services().store
@@ -37,7 +37,7 @@ def result_frame(result_id: int):
     return send_stored(frame.path if frame else None)
 
 
-@blueprint.route("/media/faces/<int:face_id>/crop")
+@blueprint.route("/media/faces/<rowid:face_id>/crop")
 @requires("viewer")
 def face_crop(face_id: int):
     """The 64x64 grey PNG the model saw (kept in the store itself, not as a file)."""

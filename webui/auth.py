@@ -1,8 +1,10 @@
 """Log in, log out, who is asking, and what their role lets them do.
 
-Sessions are Flask's signed cookies holding the user name and a fingerprint
-of their password hash; the role is looked up on every request, so changing
-a role, a password or removing a user takes effect at once.
+The cookie (Flask's signed session) holds only a random session id and the
+CSRF token; which user a session belongs to, and whether it is still open,
+is kept on the server (:mod:`webui.sessions`), so logging out ends the
+session for every copy of the cookie. The role is looked up on every
+request, so changing a role, a password or removing a user takes effect at once.
 """
 
 from __future__ import annotations
@@ -25,21 +27,27 @@ from flask import (
 from webui.config import Role
 from webui.security import safe_next
 from webui.services import current_services
+from webui.sessions import SessionStore
 from webui.users import User, UserDirectory, session_tag
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint("auth", __name__)
 
 MAX_CREDENTIAL_CHARS = 256
+SESSION_ID_KEY = "sid"  # the only login data in the cookie; the rest is in webui.sessions
 
 
-def session_user(users: UserDirectory) -> User | None:
-    """The logged-in user, or None (no session, user removed, or password changed since)."""
-    name = session.get("user")
-    if not name:
+def session_user(users: UserDirectory, sessions: SessionStore) -> User | None:
+    """The logged-in user, or None (no session, logged out, expired, user removed, or password changed since)."""
+    session_id = session.get(SESSION_ID_KEY)
+    if not isinstance(session_id, str) or not session_id:
         return None
-    user = users.get(name)
-    if user is None or session.get("tag") != session_tag(user):
+    opened = sessions.get(session_id)
+    if opened is None:
+        return None
+    user = users.get(opened.user_name)
+    if user is None or opened.tag != session_tag(user):
+        sessions.end(session_id)  # it can never become valid again
         return None
     return user
 
@@ -61,10 +69,6 @@ def requires(role: Role):
     return decorator
 
 
-def throttle_keys(name: str) -> list[str]:
-    return [f"address:{request.remote_addr}", f"user:{name.lower()}"]
-
-
 @blueprint.route("/login", methods=["GET", "POST"])
 def login():
     """The login form; on success a fresh session (no fixation) and back to where the user was going."""
@@ -76,8 +80,8 @@ def login():
     name = request.form.get("username", "")[:MAX_CREDENTIAL_CHARS].strip()
     password = request.form.get("password", "")[:MAX_CREDENTIAL_CHARS]
     services = current_services()
-    keys = throttle_keys(name)
-    wait = services.throttle.retry_after(keys)
+    address, account = request.remote_addr or "unknown", name.lower()
+    wait = services.throttle.retry_after(address, account)
     if wait is not None:
         log.warning("login throttled for %r from %s", name, request.remote_addr)
         message = f"Too many failed attempts. Try again in {math.ceil(wait)} s."
@@ -85,24 +89,34 @@ def login():
         return response, 429, {"Retry-After": str(math.ceil(wait))}
     user = services.users.authenticate(name, password) if name and password else None
     if user is None:
-        services.throttle.record_failure(keys)
+        services.throttle.record_failure(address, account)
         log.info("failed login for %r from %s", name, request.remote_addr)
         return render_template("login.html", next=target, error="Wrong user name or password.", username=name), 401
-    services.throttle.forget(f"user:{name.lower()}")
-    start_session(user)
+    services.throttle.record_success(address, account)
+    start_session(user, services.sessions)
     log.info("%s logged in from %s", user.name, request.remote_addr)
     return redirect(target)
 
 
-def start_session(user: User) -> None:
-    session.clear()
+def start_session(user: User, sessions: SessionStore) -> None:
+    """A new server-side session; an earlier one in this browser ends (no fixation)."""
+    end_session(sessions)
     session.permanent = True
-    session["user"] = user.name
-    session["tag"] = session_tag(user)  # session.clear() also dropped the CSRF token: a new one after login
+    session[SESSION_ID_KEY] = sessions.open(user.name, session_tag(user))
+    # session.clear() also dropped the CSRF token: a new one after login
+
+
+def end_session(sessions: SessionStore) -> None:
+    session_id = session.get(SESSION_ID_KEY)
+    if isinstance(session_id, str) and session_id:
+        sessions.end(session_id)
+    session.clear()
 
 
 @blueprint.route("/logout", methods=["POST"])
 @requires("viewer")
 def logout():
-    session.clear()
+    """Ends the session on the server: a copy of the cookie is refused from now on."""
+    end_session(current_services().sessions)
+    log.info("%s logged out", g.user.name)
     return redirect(url_for("auth.login"))

@@ -78,10 +78,21 @@ class AuthSettings(StrictSettings):
     secret_key_file: Path = Field(default=Path("var/webui/secret_key"), description="Created (mode 0600) on first start if missing.")
     session_lifetime_s: Annotated[int, Field(ge=60, le=30 * 24 * 3600)] = Field(default=12 * 3600, description="Log in again after this.")
     secure_cookies: bool = Field(default=False, description="Mark cookies Secure (HTTPS only). Turn on behind an HTTPS proxy.")
-    login_attempts: Annotated[int, Field(ge=1, le=1000)] = Field(
-        default=5, description="Failed logins allowed per address and per user name…"
+    sessions_file: Path | None = Field(
+        default=None, description="Open sessions (SQLite, mode 0600); default: sessions.db next to users_file."
     )
-    login_window_s: Annotated[int, Field(ge=1, le=24 * 3600)] = Field(default=300, description="…within this many seconds.")
+    login_free_attempts: Annotated[int, Field(ge=1, le=1000)] = Field(
+        default=5, description="Failed logins per address (and per user name from one address) before each try must wait."
+    )
+    login_first_delay_s: Annotated[float, Field(gt=0, le=60)] = Field(default=1.0, description="The first wait; it doubles with every further failure…")
+    login_max_delay_s: Annotated[float, Field(gt=0, le=3600)] = Field(default=60.0, description="…up to this; an account is never locked.")
+    login_forget_after_s: Annotated[int, Field(ge=1, le=7 * 24 * 3600)] = Field(
+        default=900, description="Failures are forgotten after this long without a new one."
+    )
+
+    @property
+    def sessions_path(self) -> Path:
+        return self.sessions_file or self.users_file.with_name("sessions.db")
 
     @field_validator("users")
     @classmethod

@@ -9,6 +9,7 @@ means "the last hour" and overrides ``since``.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +23,10 @@ RANGES_S = {"15m": 900, "1h": 3600, "6h": 6 * 3600, "24h": 24 * 3600, "7d": 7 * 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 MAX_TZ_OFFSET_MIN = 16 * 60
+MIN_EPOCH_S = 0.0
+MAX_EPOCH_S = datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc).timestamp()
+# Database ids are signed 64-bit (SQLite INTEGER, PostgreSQL BIGINT): larger ones cannot exist.
+MAX_ROW_ID = 2**63 - 1
 
 
 class FilterError(ValueError):
@@ -39,19 +44,29 @@ class Page:
 
 
 def parse_time(text: str, tz_offset_min: int, name: str) -> float:
-    """Epoch seconds from any accepted form (see module docstring)."""
+    """Epoch seconds from any accepted form (see module docstring), between 1970 and the end of 9999."""
     text = text.strip()
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
-        pass
+        seconds = parse_iso_time(text, tz_offset_min, name)
+    # Also refuses nan and inf, which float() accepts and which would compare as nonsense in SQL.
+    if not (math.isfinite(seconds) and MIN_EPOCH_S <= seconds <= MAX_EPOCH_S):
+        raise FilterError(f"{name}: out of range ({text[:40]!r}); use a time between 1970 and 9999")
+    return seconds
+
+
+def parse_iso_time(text: str, tz_offset_min: int, name: str) -> float:
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise FilterError(f"{name}: not a time ({text[:40]!r}); use ISO-8601 or epoch seconds") from None
-    if moment.tzinfo is None:
-        moment = (moment + timedelta(minutes=tz_offset_min)).replace(tzinfo=timezone.utc)
-    return moment.timestamp()
+    try:
+        if moment.tzinfo is None:
+            moment = (moment + timedelta(minutes=tz_offset_min)).replace(tzinfo=timezone.utc)
+        return moment.timestamp()
+    except (OverflowError, ValueError):  # 9999-12-31T23:59 plus a zone offset is past datetime's year 9999
+        raise FilterError(f"{name}: out of range ({text[:40]!r}); use a time between 1970 and 9999") from None
 
 
 def parse_tz_offset(args: Mapping[str, str]) -> int:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, g, render_template, request
+from collections.abc import Mapping
+from urllib.parse import parse_qsl, urlencode
+
+from flask import Blueprint, abort, g, render_template, request, url_for
 
 from webui.auth import requires
 from webui.filters import RANGES_S, FilterError, parse_page, parse_result_filter
@@ -11,6 +14,9 @@ from webui.queries import ResultFilter, result_frame_size
 from webui.services import current_services
 
 blueprint = Blueprint("pages", __name__)
+
+HISTORY_ARGUMENTS = ("device", "emotion", "range", "since", "until", "tz", "page", "limit")
+MAX_HISTORY_QUERY_CHARS = 1000
 
 
 @blueprint.route("/")
@@ -40,10 +46,15 @@ def history():
     arguments = result_filter.as_store_arguments()
     total = services.store.count_results(**arguments)
     rows = services.store.results(**arguments, limit=page.limit, offset=page.offset)
+    results = [result_dict(row) for row in rows]
+    filters = history_query(request.args)
+    for result in results:
+        # The result page links back to this very list (filters, page) without trusting the Referer.
+        result["url"] = url_for("pages.result_detail", result_id=result["id"], history=filters or None)
     return render_template(
         "history.html",
         error=error,
-        results=[result_dict(row) for row in rows],
+        results=results,
         total=total,
         page=page,
         last_page=max((total + page.limit - 1) // page.limit, 1),
@@ -53,7 +64,7 @@ def history():
     ), (400 if error else 200)
 
 
-@blueprint.route("/results/<int:result_id>")
+@blueprint.route("/results/<rowid:result_id>")
 @requires("viewer")
 def result_detail(result_id: int):
     """One stored result: its frame with the faces outlined, and every face's probabilities."""
@@ -70,8 +81,20 @@ def result_detail(result_id: int):
         faces=[face_dict(face) for face in faces],
         has_frame=frame is not None,
         frame_size=size,
-        back=request.referrer if request.referrer and "/history" in request.referrer else None,
+        back=url_for("pages.history") + back_query(request.args.get("history", "")),
     )
+
+
+def history_query(args: Mapping[str, str]) -> str:
+    """The history page's own filters and page as a query string: unknown arguments are dropped."""
+    return urlencode([(name, args[name]) for name in HISTORY_ARGUMENTS if args.get(name)])
+
+
+def back_query(history: str) -> str:
+    """``?…`` for the "← History" link, rebuilt from the known filter names only, so the link always
+    stays on our own history page (a forged ``history`` argument cannot point anywhere else)."""
+    query = history_query(dict(parse_qsl(history[:MAX_HISTORY_QUERY_CHARS])))
+    return f"?{query}" if query else ""
 
 
 @blueprint.route("/labelling")

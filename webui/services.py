@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from webui.commands import CommandLog, CommandSender
 from webui.config import WebUIConfig
 from webui.live import LiveHub
 from webui.security import LoginThrottle
+from webui.sessions import SessionStore
 from webui.users import UserDirectory, UserError
 from webui.vendor import VendorAssetMissing, plotly_js_path
 
@@ -46,6 +48,7 @@ class Services:
     hub: LiveHub
     commands: CommandSender
     throttle: LoginThrottle
+    sessions: SessionStore
     plotly_js: Path
     secret_key: str
     broker: BrokerLink | None = None
@@ -56,6 +59,7 @@ class Services:
         if self.broker is not None:
             self.broker.stop()
         self.store.close()
+        self.sessions.close()
 
 
 def load_secret_key(config: WebUIConfig) -> str:
@@ -91,7 +95,8 @@ def build_services(config: WebUIConfig, *, connect: bool = True) -> Services:
     try:
         users = UserDirectory(config.auth.users_file, config.auth.users)
         secret_key = load_secret_key(config)
-    except (UserError, OSError) as error:
+        sessions = SessionStore(config.auth.sessions_path, config.auth.session_lifetime_s)
+    except (UserError, OSError, sqlite3.Error) as error:
         raise StartupError(str(error)) from None
     if users.count() == 0:
         log.warning("no users yet: create one with `emq-webui create-user NAME --role admin`")
@@ -107,11 +112,17 @@ def build_services(config: WebUIConfig, *, connect: bool = True) -> Services:
         users=users,
         hub=hub,
         commands=CommandSender(broker, topics, command_log, config.commands.ack_timeout_s),
-        throttle=LoginThrottle(config.auth.login_attempts, config.auth.login_window_s),
+        throttle=login_throttle(config),
+        sessions=sessions,
         plotly_js=plotly_js,
         secret_key=secret_key,
         broker=broker,
     )
+
+
+def login_throttle(config: WebUIConfig) -> LoginThrottle:
+    auth = config.auth
+    return LoginThrottle(auth.login_free_attempts, auth.login_first_delay_s, auth.login_max_delay_s, auth.login_forget_after_s)
 
 
 def current_services() -> Services:

@@ -21,7 +21,17 @@ RECONNECT_DELAY_MS = 2000
 
 
 def hello_event(hub: LiveHub, settings: dict[str, Any]) -> bytes:
-    return encode_event("hello", {"now": int(time.time() * 1000), **settings, **hub.counters()})
+    """The first event: the server's clock, the stream's settings and the hub counters (as in ``tick``).
+
+    The counters and the settings share one flat object, so their names must
+    differ: the hub's ``devices`` (a count) once overwrote the settings' list of
+    device ids and the page failed on every connect.
+    """
+    counters = hub.counters()
+    clashing = sorted(settings.keys() & (counters.keys() | {"now"}))
+    if clashing:
+        raise ValueError(f"hello settings would overwrite hub counters: {', '.join(clashing)}")
+    return encode_event("hello", {"now": int(time.time() * 1000), **settings, **counters})
 
 
 def tick_event(hub: LiveHub) -> bytes:

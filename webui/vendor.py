@@ -8,11 +8,20 @@ plotly (whose Python side the dashboard does not need) and served from
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import importlib.util
+import re
 from pathlib import Path
 
 PLOTLY_RELATIVE_PATH = Path("package_data") / "plotly.min.js"
 INSTALL_HINT = "install the web UI's dependencies: pip install -e '.[webui]' (or re-run scripts/setup.sh)"
+
+
+# plotly.js adds <style> elements by script: an empty one it then fills through the CSSOM
+# (insertRule, which the CSP does not govern), and bundled stylesheets (maplibre's) written
+# out as one quoted string right after the element is created.
+INJECTED_STYLESHEET = re.compile(r"""createElement\("style"\);[^;']{0,200}?\.textContent='([^'\\]*)'""")
 
 
 class VendorAssetMissing(RuntimeError):
@@ -40,3 +49,19 @@ def plotly_version(path: Path) -> str:
     if start < 0:
         return "unknown"
     return banner[start + len(marker):].split()[0]
+
+
+def csp_hash(text: str) -> str:
+    """The CSP source that allows exactly a <style> element with this text."""
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+def plotly_style_hashes(path: Path) -> list[str]:
+    """CSP hashes of the <style> elements plotly.js creates: the empty one and each bundled stylesheet.
+
+    Read from the served file itself, so an upgraded plotly.js brings its own
+    hashes; a stylesheet this does not find shows up as a CSP error in the
+    every-page browser test.
+    """
+    text = path.read_text(encoding="utf-8", errors="replace")
+    return [csp_hash("")] + sorted({csp_hash(css) for css in INJECTED_STYLESHEET.findall(text)})

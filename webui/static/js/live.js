@@ -269,7 +269,8 @@
 
   // -- connection ---------------------------------------------------------------------------------------
   function onHello(data) {
-    const current = new Set(data.devices);
+    // device_ids: the devices the hub still holds (data.devices is the hub's count, as in tick).
+    const current = new Set(Array.isArray(data.device_ids) ? data.device_ids : []);
     for (const device of [...tiles.keys()]) if (!current.has(device)) removeTile(device);
     onClock(data);
   }
