@@ -63,9 +63,7 @@ class RateLimitedLog:
         """Log ``line`` unless this reason's kind was logged already in this interval; then count it."""
         with self._lock:
             self._flush_if_due()
-            kind = kind_of(reason)
-            if kind not in self._tallies and len(self._tallies) >= self.max_kinds:
-                kind = _OTHER
+            kind = self._kind(reason)
             tally = self._tallies.get(kind)
             if tally is None:
                 self._tallies[kind] = _Tally()
@@ -79,15 +77,21 @@ class RateLimitedLog:
 
         Returns the cause, for the quarantine reason."""
         cause = cause_of(error)
+        line = f"{what}: {cause}: {error}"
         with self._lock:
-            first = cause not in self._causes
-            if first and len(self._causes) < _MAX_CAUSES:
+            first = cause not in self._causes and len(self._causes) < _MAX_CAUSES
+            if first:
                 self._causes.add(cause)
-        if first:
-            self.logger.error("%s: %s: %s (traceback shown once for this cause)", what, cause, error, exc_info=error)
-        else:
-            self.warning(f"internal error {cause}", f"{what}: {cause}: {error}")
+                self._flush_if_due()
+                self._tallies.setdefault(self._kind(f"internal error {cause}"), _Tally())  # later ones: counted
+                self.logger.error("%s (traceback shown once for this cause)", line, exc_info=error)
+        if not first:
+            self.warning(f"internal error {cause}", line)
         return cause
+
+    def _kind(self, reason: str) -> str:
+        kind = kind_of(reason)
+        return kind if kind in self._tallies or len(self._tallies) < self.max_kinds else _OTHER
 
     def flush(self) -> None:
         """Write the summaries of a finished interval (call now and then, and on stop)."""
