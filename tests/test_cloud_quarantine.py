@@ -23,6 +23,7 @@ from cloud.config import IngestConfig, RetentionSettings
 from cloud.db import Database
 from cloud.files import DataFolder
 from cloud.ingest import IngestService
+from cloud.ratelimit import RateLimitedLog, kind_of
 from cloud.retention import sweep
 from cloud.store import Store
 from comms.mqtt import Message
@@ -298,3 +299,31 @@ def test_an_old_database_keeps_digests_not_whole_payloads(tmp_path, database_url
         (len(whole), whole[:256], hashlib.sha256(whole).hexdigest()), (5000, head_only, None)]
     assert store.db.scalar("SELECT MAX(LENGTH(payload_head)) FROM quarantine") == 256  # the megabyte is gone (VACUUM returns it)
     store.close()
+
+
+def test_the_data_folder_never_replaces_a_file(tmp_path):
+    folder = DataFolder(tmp_path / "data")
+    relative = folder.relative_path("frames", "cam-a", time.time(), "frame.jpg")
+    assert folder.write(relative, b"first") is True
+    assert folder.write(relative, b"second, longer") is False
+    assert folder.absolute(relative).read_bytes() == b"first"
+    assert [path.name for path in folder.absolute(relative).parent.iterdir()] == ["frame.jpg"]  # no temporary left
+
+
+def test_varied_bad_input_still_makes_a_bounded_log(caplog):
+    """500 different reasons of 26 kinds (numbers do not make a kind), each seen 4 times, with room for 20
+    kinds: 20 lines and the first of the rest, then one summary each."""
+    logger = logging.getLogger("test.ratelimit")
+    limited = RateLimitedLog(logger, interval_s=3600, max_kinds=20)
+    with caplog.at_level(logging.WARNING, logger="test.ratelimit"):
+        for repeat in range(4):
+            for index in range(500):
+                limited.warning(f"reason number {index} kind {chr(65 + index % 26)}{index}", f"line {index}/{repeat}")
+        limited.close()
+    lines = [record.getMessage() for record in caplog.records]
+    firsts = [line for line in lines if line.startswith("line ")]
+    summaries = [line for line in lines if "more like" in line]
+    assert len(firsts) == 21 and len(summaries) == 21
+    assert len(firsts) + sum(int(line.split()[0]) for line in summaries) == 2000
+    assert kind_of("frame too large: 5000000 bytes > 4194304") == "frame too large"
+    assert kind_of("invalid device id '../x': use 1-64 of A-Z") == "invalid device id"
