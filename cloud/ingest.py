@@ -394,7 +394,8 @@ class IngestService:
         self.store.quarantine_many([(item.message.topic, item.reason, item.message.payload) for item in plan.rejected], plan.received_at)
         retention = self.config.retention
         self._quarantined_since_trim += len(plan.rejected)
-        if retention.enabled and self._quarantined_since_trim >= max(100, retention.quarantine_max_rows // 10):
+        trim_every = max(100, retention.quarantine_max_rows // 10)  # the cap is overshot by a tenth at most
+        if retention.enabled and self._quarantined_since_trim >= trim_every:
             self.store.cap_quarantine(retention.quarantine_max_rows)
             self._quarantined_since_trim = 0
 

@@ -99,6 +99,7 @@ class RateLimitedLog:
             self._flush_if_due()
 
     def close(self) -> None:
+        """Write the summaries of what is still only counted (on stop)."""
         with self._lock:
             self._summarise()
 
