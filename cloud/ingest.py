@@ -394,7 +394,7 @@ class IngestService:
         self.store.quarantine_many([(item.message.topic, item.reason, item.message.payload) for item in plan.rejected], plan.received_at)
         retention = self.config.retention
         self._quarantined_since_trim += len(plan.rejected)
-        trim_every = max(100, retention.quarantine_max_rows // 10)  # the cap is overshot by a tenth at most
+        trim_every = max(100, retention.quarantine_max_rows // 10)  # between trims: a tenth of the cap, plus a batch, over it
         if retention.enabled and self._quarantined_since_trim >= trim_every:
             self.store.cap_quarantine(retention.quarantine_max_rows)
             self._quarantined_since_trim = 0
