@@ -22,6 +22,10 @@ class RetentionSettings(StrictSettings):
     crop_max_age_days: Annotated[float, Field(gt=0)] = Field(
         default=365.0, description="Unlabelled face crops older than this are deleted; labelled ones are kept forever."
     )
+    quarantine_max_age_days: Annotated[float, Field(gt=0)] = Field(default=30.0, description="Quarantine records older than this are deleted.")
+    quarantine_max_rows: Annotated[int, Field(ge=100)] = Field(
+        default=100_000, description="Beyond this many quarantine records the oldest go (each holds at most ~2 KB).",
+    )
 
 
 class StoredMarkSettings(StrictSettings):
@@ -47,9 +51,14 @@ class IngestConfig(StrictSettings):
         description="Share the stream with other workers through $share/<group>/… subscriptions.",
     )
     store_frames: bool = True
+    frame_max_width: Annotated[int, Field(ge=1, le=65535)] = Field(default=8192, description="Frames whose JPEG header declares more are quarantined.")
+    frame_max_height: Annotated[int, Field(ge=1, le=65535)] = Field(default=8192, description="Frames whose JPEG header declares more are quarantined.")
     batch_max: Annotated[int, Field(ge=1, le=10000)] = Field(default=200, description="Messages committed (and acknowledged) together.")
     batch_wait_ms: Annotated[float, Field(ge=0, le=5000)] = 20.0
     report_interval_s: Annotated[float, Field(gt=0)] = 30.0
+    bad_input_log_interval_s: Annotated[float, Field(gt=0)] = Field(
+        default=60.0, description="Bad input is logged once per reason per interval, then summed up in one line.",
+    )
     metrics_port: Annotated[int, Field(ge=0, le=65535)] = Field(default=9310, description="Prometheus /metrics port; 0 disables it.")
     metrics_address: str = Field(default="127.0.0.1", description="Address the metrics server binds (0.0.0.0 to let Prometheus scrape from elsewhere).")
     mqtt: MqttSettings = Field(default_factory=MqttSettings)

@@ -11,6 +11,7 @@ URLs: ``sqlite:///var/cloud/emotion.db`` (relative) or ``sqlite:////abs/path.db`
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -111,6 +112,7 @@ CREATE TABLE IF NOT EXISTS quarantine (
     topic TEXT NOT NULL,
     reason TEXT NOT NULL,
     payload_size BIGINT NOT NULL,
+    payload_sha256 TEXT,
     payload_head {blob} NOT NULL
 );
 CREATE INDEX IF NOT EXISTS quarantine_time ON quarantine (received_at);
@@ -288,6 +290,7 @@ class Database:
                 self.execute("INSERT INTO schema_info (version) VALUES (?)", (SCHEMA_VERSION,))
             elif stored < SCHEMA_VERSION:
                 self.execute("UPDATE schema_info SET version = ?", (SCHEMA_VERSION,))
+            _bound_quarantine_payloads(self)
         version = self.scalar("SELECT MAX(version) FROM schema_info")
         if version != SCHEMA_VERSION:
             raise DatabaseError(f"database schema version {version}, this code needs {SCHEMA_VERSION}")
@@ -307,3 +310,35 @@ class Database:
             for statement in _UPGRADES[version]:
                 self.execute(statement)
             version += 1
+
+# -- migration: quarantine keeps a digest, never whole payloads --------------------------------
+# Databases created before quarantine rows got ``payload_sha256`` may hold whole
+# payloads (up to 4 MB each, from the old internal-error path). This step, run
+# on every start and a no-op once done, adds the column and cuts every kept
+# payload to its head, recording the digest where the whole payload was there
+# to hash. It checks the column itself instead of the schema version.
+QUARANTINE_HEAD_BYTES = 256
+_MIGRATION_BATCH = 500
+
+
+def _has_column(db: Database, table: str, column: str) -> bool:
+    if db.dialect == "sqlite":
+        return any(row[1] == column for row in db.query(f"PRAGMA table_info({table})"))
+    return bool(db.scalar("SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = current_schema()"
+                          " AND table_name = ? AND column_name = ?", (table, column)))
+
+
+def _bound_quarantine_payloads(db: Database) -> None:
+    if _has_column(db, "quarantine", "payload_sha256"):
+        return
+    db.execute("ALTER TABLE quarantine ADD COLUMN payload_sha256 TEXT")
+    # Where the whole payload was kept, its digest can still be taken.
+    while rows := db.query(
+        "SELECT id, payload_head FROM quarantine WHERE payload_sha256 IS NULL AND LENGTH(payload_head) = payload_size"
+        " ORDER BY id LIMIT ?", (_MIGRATION_BATCH,),
+    ):
+        db.executemany("UPDATE quarantine SET payload_sha256 = ?, payload_head = ? WHERE id = ?",
+                       [(hashlib.sha256(bytes(payload)).hexdigest(), bytes(payload[:QUARANTINE_HEAD_BYTES]), row_id)
+                        for row_id, payload in rows])
+    db.execute(f"UPDATE quarantine SET payload_head = SUBSTR(payload_head, 1, {QUARANTINE_HEAD_BYTES})"
+               f" WHERE LENGTH(payload_head) > {QUARANTINE_HEAD_BYTES}")

@@ -7,6 +7,7 @@ after resolving, so no topic or payload can steer a write outside the folder.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from datetime import datetime, timezone
@@ -26,6 +27,27 @@ def _check_file_name(name: str) -> None:
 
 
 _MAX_MEMOISED_DIRECTORIES = 10_000
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK}
+
+
+def _link_new(temporary: str, target: Path, data: bytes) -> bool:
+    """Give the finished temporary file its name; False if that name exists."""
+    try:
+        os.link(temporary, target)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as error:
+        if error.errno not in _NO_HARD_LINKS:
+            raise
+    # A file system without hard links: an exclusive create still never replaces a file.
+    try:
+        handle = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(handle, "wb") as stream:
+        stream.write(data)
+    return True
 
 
 class DataFolder:
@@ -52,8 +74,13 @@ class DataFolder:
         self._checked(relative.parent)
         return relative
 
-    def write(self, relative: Path, data: bytes) -> Path:
-        """Atomic write (temp + rename): a crash never leaves half a JPEG behind."""
+    def write(self, relative: Path, data: bytes) -> bool:
+        """Write a new file, atomically and never over an existing one; False if the name is taken.
+
+        The data goes to a temporary file first, then gets its name with a hard
+        link, which (unlike a rename) refuses to replace a file: a crash never
+        leaves half a JPEG behind, and no message can overwrite another's frame.
+        """
         _check_file_name(relative.name)
         try:
             return self._write_in(self._folder(relative.parent), relative.name, data)
@@ -84,17 +111,15 @@ class DataFolder:
         return folder
 
     @staticmethod
-    def _write_in(folder: Path, name: str, data: bytes) -> Path:
+    def _write_in(folder: Path, name: str, data: bytes) -> bool:
         target = folder / name
         handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-")
         try:
             with os.fdopen(handle, "wb") as stream:
                 stream.write(data)
-            os.replace(temporary, target)
-        except BaseException:
+            return _link_new(temporary, target, data)
+        finally:
             Path(temporary).unlink(missing_ok=True)
-            raise
-        return target
 
     def delete(self, relative: str | Path) -> int:
         """Remove a stored file; returns the bytes freed (0 if it was already gone)."""

@@ -19,7 +19,11 @@ against the contract, touching neither database nor disk; anything rejected
 and a log line, and the rest of the batch commits. Should storing trip on a
 fault that is not the database's, the batch is stored again one message per
 savepoint so only the culprit is quarantined. Nothing is written outside the
-data folder (:mod:`cloud.files`).
+data folder (:mod:`cloud.files`), and a flood of bad input cannot fill the
+disk or the log: a quarantine record keeps the payload's first bytes, size
+and SHA-256, never the payload; records are capped in number and age
+(:mod:`cloud.retention`); log lines are rate-limited per reason and a
+traceback is shown once per cause (:mod:`cloud.ratelimit`).
 
 How it keeps up (``bench/bench_ingest.py``): paho's network thread leaves
 messages in a :class:`~cloud.inbox.BatchInbox`; the main thread validates a
@@ -30,13 +34,15 @@ statements and acknowledges it with one write.
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import logging
 import queue
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 from cloud.config import IngestConfig
@@ -45,6 +51,7 @@ from cloud.inbox import BatchInbox
 from cloud.jpeg import NotAJpeg, jpeg_size
 from cloud.marks import MarkPublisher, mqtt_publisher
 from cloud.metrics import IngestMetrics
+from cloud.ratelimit import RateLimitedLog
 from cloud.retention import sweep
 from cloud.store import NewFrame, NewResult, Store
 from comms.mqtt import Availability, Message, MqttClient
@@ -55,7 +62,7 @@ from contract.validation import ContractError, FrameMeta, parse_frame, parse_res
 log = logging.getLogger(__name__)
 
 SUBSCRIBED = (Channel.RESULT, Channel.FRAME, Channel.STATUS, Channel.STATS)
-QUARANTINE_LOGS_PER_MINUTE = 20
+FRAME_NAME_DIGEST_CHARS = 32  # 128 bits of the JPEG's SHA-256: no two different frames share a name
 DB_RETRY_S = 1.0
 RETIRE_QUIET_S = 3.0  # a retiring worker's session is drained once nothing has arrived for this long
 RETIRE_CONNECT_S = 30.0
@@ -91,12 +98,30 @@ def subscription_filters(topics: Topics, shared_group: str | None) -> list[str]:
     return [f"$share/{shared_group}/{topic_filter}" for topic_filter in filters] if shared_group else filters
 
 
-def frame_size(jpeg: bytes) -> tuple[int, int]:
-    """(width, height) of a whole JPEG frame, or Rejected (see :mod:`cloud.jpeg`)."""
+def frame_size(jpeg: bytes, max_width: int, max_height: int) -> tuple[int, int]:
+    """(width, height) of a whole JPEG frame of sane size, or Rejected (see :mod:`cloud.jpeg`).
+
+    The size is what the header declares: a tiny file may claim 65535x65535,
+    which would make whoever decodes it later allocate gigabytes.
+    """
     try:
-        return jpeg_size(jpeg)
+        width, height = jpeg_size(jpeg)
     except NotAJpeg as error:
         raise Rejected(f"frame is not a decodable JPEG: {error}") from None
+    if width > max_width or height > max_height:
+        raise Rejected(f"frame too large: its JPEG header declares {width}x{height}, the limit is {max_width}x{max_height}")
+    return width, height
+
+
+def frame_file_name(captured_at: float, frame_number: int, jpeg: bytes) -> str:
+    """``<HHMMSSmmm>-f<number>-<digest>.jpg``: readable, and unique to the frame's bytes.
+
+    Two different frames stamped with the same millisecond and number get two
+    names; the same frame delivered twice gets the same name, and is stored once.
+    """
+    moment = datetime.fromtimestamp(captured_at, timezone.utc)
+    stamp = moment.strftime("%H%M%S") + f"{moment.microsecond // 1000:03d}"
+    return f"{stamp}-f{frame_number}-{hashlib.sha256(jpeg).hexdigest()[:FRAME_NAME_DIGEST_CHARS]}.jpg"
 
 
 def _calm_the_garbage_collector() -> None:
@@ -126,7 +151,8 @@ class IngestService:
         self.files = DataFolder(config.data_dir)
         self.client: MqttClient | None = None
         self.marks: MarkPublisher | None = None
-        self._quarantine_log_budget = (time.monotonic(), 0)
+        self.bad_input_log = RateLimitedLog(log, config.bad_input_log_interval_s)
+        self._quarantined_since_trim = 0
         self._planners = {
             Channel.RESULT: self._plan_result,
             Channel.FRAME: self._plan_frame,
@@ -203,6 +229,7 @@ class IngestService:
     def stop(self) -> None:
         if self.client is not None:
             self.client.stop()
+        self.bad_input_log.close()
         log.info("ingest totals: %s", json.dumps(self.counters.snapshot()))
         if self.store is not None:
             self.store.close()
@@ -316,7 +343,7 @@ class IngestService:
         handful of multi-row statements instead of a savepoint per message.
         Should the bulk write hit a fault that is not the database's (a bug
         tripped by one odd message), the batch is stored again message by
-        message so only the culprit is quarantined, whole, for replay.
+        message so only the culprit is quarantined.
         """
         started = time.perf_counter()
         try:
@@ -324,8 +351,8 @@ class IngestService:
                 self._write(plan)
         except self.store.db.errors:
             raise  # the database failed, not the messages: retry, acknowledge nothing
-        except Exception:
-            log.exception("storing a batch of %d failed outside the database; storing it message by message", len(plan.messages))
+        except Exception as error:
+            self.bad_input_log.error(error, "storing a batch failed outside the database; storing it message by message")
             plan = self._write_one_by_one(plan.messages, plan.received_at)
         self._count(plan, time.perf_counter() - started)
 
@@ -337,10 +364,13 @@ class IngestService:
                 self._plan_one(message, plan, received_at)
             except Rejected as rejected:
                 plan.rejected.append(Quarantined(message, rejected.reason))
-            except Exception as error:  # a bug must not lose the batch: keep the whole message, with the reason
-                log.exception("unexpected error on %s", message.topic)
-                plan.rejected.append(Quarantined(message, f"internal error: {type(error).__name__}: {error}", keep_whole=True))
+            except Exception as error:  # a bug must not lose the batch: quarantine the message, with the cause
+                plan.rejected.append(self._internal_error(message, error))
         return plan
+
+    def _internal_error(self, message: Message, error: Exception) -> "Quarantined":
+        cause = self.bad_input_log.error(error, f"unexpected error on {message.topic[:120]}")
+        return Quarantined(message, f"internal error: {cause}: {error}")
 
     def _plan_one(self, message: Message, plan: "BatchPlan", received_at: float) -> None:
         try:
@@ -367,14 +397,44 @@ class IngestService:
             self.store.set_device_status(device_id, status, received_at)
         for device_id, stats in plan.stats:
             self.store.set_device_stats(device_id, stats.model_dump_json(by_alias=True), received_at)
-        for item in plan.rejected:
-            self.store.quarantine(item.message.topic, item.reason, item.message.payload, received_at, keep_whole=item.keep_whole)
+        self._write_quarantine(plan)
 
     def _write_frames(self, plan: "BatchPlan", received_at: float) -> None:
-        # Files first, rows after: a row never points at a file that is not there.
+        # Files first, rows after: a row never points at a file that is not there. A name
+        # already taken holds these very bytes (names come from them): never overwritten.
         for frame, jpeg in plan.frames:
             self.files.write(Path(frame.path), jpeg)
-        self.store.add_frames([frame for frame, _jpeg in plan.frames], received_at)
+        plan.frames_stored = self.store.add_frames(self._own_results_only(plan.frames), received_at)
+
+    def _own_results_only(self, frames: list[tuple[NewFrame, bytes]]) -> list[NewFrame]:
+        """Frames whose claimed result is another device's lose that link (they are stored, unlinked).
+
+        A link to a result not stored yet is kept (a frame may overtake its
+        result); the store only follows a link to a result of the same device.
+        """
+        owners = self.store.result_devices(frame.result_msg_id for frame, _jpeg in frames if frame.result_msg_id)
+        checked = []
+        for frame, _jpeg in frames:
+            owner = owners.get(frame.result_msg_id, frame.device_id)
+            if owner != frame.device_id:
+                self.bad_input_log.warning("frame names another device's result", (
+                    f"frame from {frame.device_id} names result {frame.result_msg_id} of {owner}: stored without the link"))
+                frame = replace(frame, result_msg_id=None)
+            checked.append(frame)
+        return checked
+
+    def _write_quarantine(self, plan: "BatchPlan") -> None:
+        """Quarantine records for the rejected messages; the retention worker also trims them to their cap
+        every so often, so a flood of bad input between two sweeps cannot outgrow it by much."""
+        if not plan.rejected:
+            return
+        self.store.quarantine_many([(item.message.topic, item.reason, item.message.payload) for item in plan.rejected], plan.received_at)
+        retention = self.config.retention
+        self._quarantined_since_trim += len(plan.rejected)
+        trim_every = max(100, retention.quarantine_max_rows // 10)  # between trims: a tenth of the cap, plus a batch, over it
+        if retention.enabled and self._quarantined_since_trim >= trim_every:
+            self.store.cap_quarantine(retention.quarantine_max_rows)
+            self._quarantined_since_trim = 0
 
     def _write_one_by_one(self, batch: list[Message], received_at: float) -> "BatchPlan":
         """The slow, fault-isolating path: each message in its own savepoint."""
@@ -388,18 +448,16 @@ class IngestService:
                 except self.store.db.errors:
                     raise
                 except Exception as error:
-                    log.exception("storing %s failed", message.topic)
-                    plan = BatchPlan(messages=[message], received_at=received_at,
-                                     rejected=[Quarantined(message, f"internal error: {type(error).__name__}: {error}", keep_whole=True)])
+                    plan = BatchPlan(messages=[message], received_at=received_at, rejected=[self._internal_error(message, error)])
                     self._write(plan)
                 total.absorb(plan)
         return total
 
     def _count(self, plan: "BatchPlan", seconds: float) -> None:
         counters, metrics = self.counters, self.metrics
-        duplicates = len(plan.results) - plan.results_stored
+        duplicates = len(plan.results) - plan.results_stored + len(plan.frames) - plan.frames_stored
         counters.stored["result"] += plan.results_stored
-        counters.stored["frame"] += len(plan.frames)
+        counters.stored["frame"] += plan.frames_stored
         counters.stored["status"] += len(plan.statuses)
         counters.stored["stats"] += len(plan.stats)
         counters.duplicates += duplicates
@@ -408,7 +466,7 @@ class IngestService:
         if plan.results:
             counters.last_lag_s = max(plan.seen_at - plan.latest_capture, 0.0)
         metrics.stored.labels("result").inc(plan.results_stored)
-        metrics.stored.labels("frame").inc(len(plan.frames))
+        metrics.stored.labels("frame").inc(plan.frames_stored)
         metrics.duplicates.inc(duplicates)
         metrics.quarantined.inc(len(plan.rejected))
         metrics.batch_seconds.observe(seconds)
@@ -420,14 +478,11 @@ class IngestService:
             metrics.bridge_stats(stats)
         for item in plan.rejected:
             self._log_quarantine(item)
+        self.bad_input_log.flush()
 
     def _log_quarantine(self, item: "Quarantined") -> None:
-        started, logged = self._quarantine_log_budget
-        if time.monotonic() - started > 60:
-            started, logged = time.monotonic(), 0
-        if logged < QUARANTINE_LOGS_PER_MINUTE:
-            log.warning("quarantined %s (%d bytes): %s", item.message.topic[:120], len(item.message.payload), item.reason)
-        self._quarantine_log_budget = (started, logged + 1)
+        line = f"quarantined {item.message.topic[:120]} ({len(item.message.payload)} bytes): {item.reason}"
+        self.bad_input_log.warning(item.reason, line)
 
     # -- per channel: validate and plan, no writes ----------------------------------------------------
     def _plan_result(self, device_id: str, message: Message, plan: "BatchPlan", received_at: float) -> None:
@@ -442,14 +497,13 @@ class IngestService:
 
     def _plan_frame(self, device_id: str, message: Message, plan: "BatchPlan", received_at: float) -> None:
         jpeg = parse_frame(message.payload)
-        width, height = frame_size(jpeg)
+        width, height = frame_size(jpeg, self.config.frame_max_width, self.config.frame_max_height)
         if not self.config.store_frames:
             return
         meta = FrameMeta.from_properties(list(message.user_properties)) if message.user_properties else None
         captured_at = utc_millis_epoch(meta.captured_at) if meta else received_at
         frame_number = meta.frame_number if meta else 0
-        stamp = time.strftime("%H%M%S", time.gmtime(captured_at)) + f"{int(captured_at * 1000) % 1000:03d}"
-        relative = self.files.relative_path("frames", device_id, captured_at, f"{stamp}-f{frame_number}.jpg")
+        relative = self.files.relative_path("frames", device_id, captured_at, frame_file_name(captured_at, frame_number, jpeg))
         frame = NewFrame(device_id, frame_number, captured_at, (meta.result_msg_id or None) if meta else None,
                          width, height, len(jpeg), relative.as_posix())
         plan.frames.append((frame, jpeg))
@@ -465,7 +519,6 @@ class IngestService:
 class Quarantined:
     message: Message
     reason: str
-    keep_whole: bool = False
 
 
 @dataclass
@@ -484,6 +537,7 @@ class BatchPlan:
     seen_at: float = 0.0
     latest_capture: float = 0.0
     results_stored: int = 0  # set by the write: results new to the store (the rest were redeliveries)
+    frames_stored: int = 0  # likewise for frames (a redelivered frame has the same file name)
 
     def absorb(self, other: "BatchPlan") -> None:
         self.results += other.results
@@ -496,3 +550,4 @@ class BatchPlan:
         self.seen_at = max(self.seen_at, other.seen_at)
         self.latest_capture = max(self.latest_capture, other.latest_capture)
         self.results_stored += other.results_stored
+        self.frames_stored += other.frames_stored

@@ -16,7 +16,7 @@ class IngestMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.stored = Counter("emq_ingest_stored_total", "Messages stored, by kind", ["kind"], registry=self.registry)
-        self.duplicates = Counter("emq_ingest_duplicates_total", "Redelivered results already stored", registry=self.registry)
+        self.duplicates = Counter("emq_ingest_duplicates_total", "Redelivered results and frames already stored", registry=self.registry)
         self.quarantined = Counter("emq_ingest_quarantined_total", "Messages quarantined as bad input", registry=self.registry)
         self.batch_seconds = Histogram(
             "emq_ingest_batch_seconds", "Time to store and commit one batch", registry=self.registry,

@@ -4,7 +4,10 @@
 * a device over ``frame_max_bytes_per_device`` loses its oldest frames first;
 * unlabelled face crops older than ``crop_max_age_days`` go (their face rows
   stay, without the picture); a crop somebody labelled is kept forever,
-  since labels are what retraining is made of.
+  since labels are what retraining is made of;
+* quarantine records older than ``quarantine_max_age_days`` go, and beyond
+  ``quarantine_max_rows`` the oldest go (the ingest also trims to that cap
+  between sweeps, so a flood of bad input cannot outgrow it by much).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class SweepReport:
     frames_deleted: int = 0
     crops_deleted: int = 0
     bytes_freed: int = 0
+    quarantine_deleted: int = 0
 
 
 def _delete_frames(store: Store, files: DataFolder, frames, report: SweepReport) -> None:
@@ -68,12 +72,30 @@ def expire_unlabelled_crops(store: Store, settings: RetentionSettings, now: floa
         report.crops_deleted += len(face_ids)
 
 
+def expire_quarantine(store: Store, settings: RetentionSettings, now: float, report: SweepReport) -> None:
+    before = now - settings.quarantine_max_age_days * DAY_S
+    while True:
+        with store.transaction():
+            deleted = store.delete_quarantine_older_than(before, BATCH)
+        report.quarantine_deleted += deleted
+        if deleted < BATCH:
+            return
+
+
+def cap_quarantine(store: Store, settings: RetentionSettings, report: SweepReport) -> None:
+    with store.transaction():
+        report.quarantine_deleted += store.cap_quarantine(settings.quarantine_max_rows)
+
+
 def sweep(store: Store, files: DataFolder, settings: RetentionSettings, now: float | None = None) -> SweepReport:
     now = time.time() if now is None else now
     report = SweepReport()
     expire_old_frames(store, files, settings, now, report)
     cap_frame_bytes(store, files, settings, report)
     expire_unlabelled_crops(store, settings, now, report)
-    if report.frames_deleted or report.crops_deleted:
-        log.info("retention: deleted %d frames and %d crops, freed %d bytes", report.frames_deleted, report.crops_deleted, report.bytes_freed)
+    expire_quarantine(store, settings, now, report)
+    cap_quarantine(store, settings, report)
+    if report.frames_deleted or report.crops_deleted or report.quarantine_deleted:
+        log.info("retention: deleted %d frames, %d crops and %d quarantine records, freed %d bytes",
+                 report.frames_deleted, report.crops_deleted, report.quarantine_deleted, report.bytes_freed)
     return report

@@ -10,16 +10,17 @@ and its labels in one transaction.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
 from typing import Iterable
 
-from cloud.db import Database
+from cloud.db import QUARANTINE_HEAD_BYTES, Database
 from contract.emotions import EMOTIONS
 from contract.messages import Result
 
-QUARANTINE_HEAD_BYTES = 256
+_FRAMES_PER_STATEMENT = 1000  # 9 parameters each: well inside SQLite's limit on bound parameters
 PROBABILITY_COLUMNS = ", ".join(f"p_{name}" for name in EMOTIONS)
 
 
@@ -75,6 +76,7 @@ class QuarantineRow:
     reason: str
     payload_size: int
     payload_head: bytes
+    payload_sha256: str | None  # None on rows older than the digest column whose whole payload was not kept
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,7 @@ class FrameRow(NewFrame):
 
 
 _FRAME_COLUMNS = "device_id, frame_number, captured_at, result_msg_id, width, height, size_bytes, path, id"
+_QUARANTINE_COLUMNS = "id, received_at, topic, reason, payload_size, payload_head, payload_sha256"
 
 
 @dataclass(frozen=True)
@@ -275,24 +278,45 @@ class Store:
         self._touch_device(device_id, at)
         self.db.execute("UPDATE devices SET last_stats = ?, stats_at = ? WHERE device_id = ?", (stats_json, at, device_id))
 
-    def add_frame(self, frame: NewFrame, received_at: float) -> None:
-        self.add_frames([frame], received_at)
+    def add_frame(self, frame: NewFrame, received_at: float) -> int:
+        return self.add_frames([frame], received_at)
 
-    def add_frames(self, frames: list[NewFrame], received_at: float) -> None:
+    def add_frames(self, frames: list[NewFrame], received_at: float) -> int:
+        """Record frame files; returns how many rows are new (a redelivered frame has the same path)."""
+        created = 0
+        for start in range(0, len(frames), _FRAMES_PER_STATEMENT):
+            chunk = frames[start:start + _FRAMES_PER_STATEMENT]
+            placeholders = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
+            parameters = [value for frame in chunk for value in (
+                frame.device_id, frame.frame_number, frame.captured_at, received_at, frame.result_msg_id,
+                frame.width, frame.height, frame.size_bytes, frame.path)]
+            created += len(self.db.query(
+                "INSERT INTO frames (device_id, frame_number, captured_at, received_at, result_msg_id, width, height, size_bytes, path)"
+                f" VALUES {placeholders} ON CONFLICT (path) DO NOTHING RETURNING id",
+                parameters,
+            ))
+        return created
+
+    def result_devices(self, msg_ids: Iterable[str]) -> dict[str, str]:
+        """msg_id -> device_id of the stored results among ``msg_ids`` (to check a frame's claimed link)."""
+        wanted = list(set(msg_ids))
+        if not wanted:
+            return {}
+        placeholders = ", ".join(["?"] * len(wanted))
+        return dict(self.db.query(f"SELECT msg_id, device_id FROM results WHERE msg_id IN ({placeholders})", wanted))
+
+    def quarantine(self, topic: str, reason: str, payload: bytes, received_at: float | None = None) -> None:
+        self.quarantine_many([(topic, reason, payload)], received_at)
+
+    def quarantine_many(self, rejected: list[tuple[str, str, bytes]], received_at: float | None = None) -> None:
+        """Record rejected messages (topic, reason, payload): the first bytes (enough to see what it
+        was), the size and a SHA-256 of the payload. Never the whole payload: a flood of large bad
+        messages must not fill the disk (a row is at most ~2 KB)."""
+        at = received_at or time.time()
         self.db.executemany(
-            "INSERT INTO frames (device_id, frame_number, captured_at, received_at, result_msg_id, width, height, size_bytes, path)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (path) DO NOTHING",
-            [(frame.device_id, frame.frame_number, frame.captured_at, received_at, frame.result_msg_id,
-              frame.width, frame.height, frame.size_bytes, frame.path) for frame in frames],
-        )
-
-    def quarantine(self, topic: str, reason: str, payload: bytes, received_at: float | None = None, keep_whole: bool = False) -> None:
-        """Record a rejected message: its first bytes (enough to see what it was), or all of it
-        when the fault may be ours (``keep_whole``), so it can be replayed after a fix."""
-        kept = bytes(payload) if keep_whole else bytes(payload[:QUARANTINE_HEAD_BYTES])
-        self.db.execute(
-            "INSERT INTO quarantine (received_at, topic, reason, payload_size, payload_head) VALUES (?, ?, ?, ?, ?)",
-            (received_at or time.time(), topic[:512], reason[:1000], len(payload), kept),
+            "INSERT INTO quarantine (received_at, topic, reason, payload_size, payload_sha256, payload_head) VALUES (?, ?, ?, ?, ?, ?)",
+            [(at, topic[:512], reason[:1000], len(payload), hashlib.sha256(payload).hexdigest(), bytes(payload[:QUARANTINE_HEAD_BYTES]))
+             for topic, reason, payload in rejected],
         )
 
     # == labels ===========================================================================
@@ -368,9 +392,11 @@ class Store:
         return _face_row(rows[0][:20], human_label=rows[0][20]) if rows else None
 
     def frame_for_result(self, msg_id: str) -> FrameRow | None:
+        """The frame of a result: only one from the result's own device (a frame's link is its device's claim)."""
         rows = self.db.query(
-            f"SELECT {_FRAME_COLUMNS} FROM frames WHERE result_msg_id = ? ORDER BY id LIMIT 1",
-            (msg_id,),
+            f"SELECT {_FRAME_COLUMNS} FROM frames WHERE result_msg_id = ?"
+            " AND device_id = (SELECT r.device_id FROM results r WHERE r.msg_id = ?) ORDER BY id LIMIT 1",
+            (msg_id, msg_id),
         )
         return FrameRow(*rows[0]) if rows else None
 
@@ -385,10 +411,8 @@ class Store:
         return [(float(bucket), label, count) for bucket, label, count in rows]
 
     def quarantined(self, limit: int = 100) -> list[QuarantineRow]:
-        rows = self.db.query(
-            "SELECT id, received_at, topic, reason, payload_size, payload_head FROM quarantine ORDER BY id DESC LIMIT ?", (limit,)
-        )
-        return [QuarantineRow(*row[:5], bytes(row[5])) for row in rows]
+        rows = self.db.query(f"SELECT {_QUARANTINE_COLUMNS} FROM quarantine ORDER BY id DESC LIMIT ?", (limit,))
+        return [QuarantineRow(*row[:5], bytes(row[5]), row[6]) for row in rows]
 
     def counts(self) -> dict[str, int]:
         tables = ("results", "faces", "frames", "labels", "quarantine", "devices")
@@ -426,6 +450,19 @@ class Store:
 
     def forget_crops(self, face_ids: Iterable[int]) -> None:
         self.db.executemany("UPDATE faces SET crop_png = NULL WHERE id = ?", [(face_id,) for face_id in face_ids])
+
+    def delete_quarantine_older_than(self, before: float, limit: int = 1000) -> int:
+        """Delete up to ``limit`` quarantine records received before ``before``; returns how many went."""
+        return self.db.execute(
+            "DELETE FROM quarantine WHERE id IN (SELECT id FROM quarantine WHERE received_at < ? ORDER BY id LIMIT ?)",
+            (before, limit),
+        ).rowcount
+
+    def cap_quarantine(self, max_rows: int) -> int:
+        """Keep only the newest ``max_rows`` quarantine records; returns how many went."""
+        return self.db.execute(
+            "DELETE FROM quarantine WHERE id <= (SELECT id FROM quarantine ORDER BY id DESC LIMIT 1 OFFSET ?)", (max_rows,)
+        ).rowcount
 
     def crop_png(self, face_id: int) -> bytes | None:
         """The 64x64 greyscale PNG the model saw for this face, if still kept."""

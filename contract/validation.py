@@ -10,6 +10,7 @@ error reply, never a crash.
 from __future__ import annotations
 
 import binascii
+import re
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -27,6 +28,7 @@ from contract.messages import (
     Result,
     Stats,
     StoredMark,
+    utc_millis_epoch,
 )
 
 ModelType = TypeVar("ModelType", bound=BaseModel)
@@ -152,14 +154,57 @@ class FrameMeta:
 
     @classmethod
     def from_properties(cls, pairs: list[tuple[str, str]]) -> "FrameMeta":
+        """The frame's link from its MQTT user properties; :class:`ContractError` for anything else.
+
+        Properties come from the device as free text, so each one is checked
+        here, before anything uses it: a timestamp that is not one, a number
+        that is not a small decimal, a text the database would refuse.
+        """
+        values = _property_values(pairs)
+        if "frame_number" not in values or "captured_at" not in values:
+            raise ContractError("frame user properties incomplete: frame_number and captured_at are required")
+        seq = values.get("result_seq")
+        return cls(
+            frame_number=_property_counter(values, "frame_number"),
+            captured_at=_property_timestamp(values["captured_at"]),
+            result_seq=_property_counter(values, "result_seq") if seq is not None else None,
+            result_msg_id=_property_msg_id(values.get("result_msg_id", "")),
+        )
+
+
+_COUNTER_RE = re.compile(r"[0-9]{1,19}")
+_MAX_COUNTER = 2**63 - 1  # BIGINT in both databases
+_MSG_ID_RE = re.compile(r"[\x21-\x7e]{0,64}")  # printable ASCII: any UUID spelling, nothing a database refuses
+
+
+def _property_values(pairs) -> dict[str, str]:
+    try:
         values = dict(pairs)
-        try:
-            seq = values.get("result_seq")
-            return cls(
-                frame_number=int(values["frame_number"]),
-                captured_at=values["captured_at"][:24],
-                result_seq=int(seq) if seq is not None else None,
-                result_msg_id=values.get("result_msg_id", "")[:36],
-            )
-        except (KeyError, ValueError) as error:
-            raise ContractError(f"frame user properties incomplete or invalid: {error}") from None
+    except (TypeError, ValueError):
+        raise ContractError("frame user properties are not name/value pairs") from None
+    if not all(isinstance(key, str) and isinstance(value, str) for key, value in values.items()):
+        raise ContractError("frame user properties must be text")
+    return values
+
+
+def _property_counter(values: dict[str, str], name: str) -> int:
+    text = values[name]
+    if not _COUNTER_RE.fullmatch(text) or int(text) > _MAX_COUNTER:
+        raise ContractError(f"frame user property {name} must be a decimal number from 0 to 2^63-1; got {text[:40]!r}")
+    return int(text)
+
+
+def _property_timestamp(text: str) -> str:
+    try:
+        if not text.isascii():
+            raise ValueError("not ASCII")
+        utc_millis_epoch(text)
+    except (ValueError, OverflowError):
+        raise ContractError(f"frame user property captured_at must be ISO-8601 UTC with milliseconds; got {text[:40]!r}") from None
+    return text
+
+
+def _property_msg_id(text: str) -> str:
+    if not _MSG_ID_RE.fullmatch(text):
+        raise ContractError(f"frame user property result_msg_id must be up to 64 printable ASCII characters; got {text[:40]!r}")
+    return text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import signal
 import time
@@ -254,9 +255,9 @@ def test_truncated_and_fake_jpeg_frames_are_quarantined(service):
     assert service.store.counts()["frames"] == 1
 
 
-def test_a_fault_outside_the_database_quarantines_only_the_culprit_whole(service, monkeypatch):
+def test_a_fault_outside_the_database_quarantines_only_the_culprit(service, monkeypatch):
     """If the bulk write trips on something that is not the database (a bug), the batch is stored
-    message by message: the good messages land, the culprit is kept whole for replay after a fix."""
+    message by message: the good messages land, the culprit is quarantined with its cause."""
     good = factories.result()
     frame_payload = jpeg_b64()
     real_add_frames = service.store.add_frames
@@ -264,7 +265,7 @@ def test_a_fault_outside_the_database_quarantines_only_the_culprit_whole(service
     def add_frames_failing_on_camera_b(frames, received_at):
         if any(frame.device_id == "cam-b" for frame in frames):
             raise RuntimeError("simulated bug")
-        real_add_frames(frames, received_at)
+        return real_add_frames(frames, received_at)
 
     monkeypatch.setattr(service.store, "add_frames", add_frames_failing_on_camera_b)
     service.process_batch([
@@ -278,5 +279,7 @@ def test_a_fault_outside_the_database_quarantines_only_the_culprit_whole(service
     (quarantined,) = service.store.quarantined()
     assert quarantined.topic == "emotion/devices/cam-b/frame" and "simulated bug" in quarantined.reason
     assert quarantined.payload_size == len(frame_payload)
-    assert service.store.db.scalar("SELECT payload_head FROM quarantine") == frame_payload  # whole, not just the head
+    assert "RuntimeError at test_cloud_hostile.py" in quarantined.reason  # the cause: type and place
+    # Its head and digest, never the whole payload (a flood of these must not fill the disk).
+    assert quarantined.payload_head == frame_payload[:256] and quarantined.payload_sha256 == hashlib.sha256(frame_payload).hexdigest()
     assert service.counters.quarantined == 1 and service.counters.stored["frame"] == 1

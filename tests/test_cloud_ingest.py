@@ -62,7 +62,7 @@ def test_results_frames_status_and_stats_are_stored(broker, pki_dir, tmp_path, d
     frame = store.frame_for_result(result.msg_id)
     assert frame is not None and (frame.width, frame.height) == (96, 64)
     assert (data_dir / frame.path).read_bytes()[:3] == b"\xff\xd8\xff"
-    assert re.fullmatch(r"frames/cam-a/\d{4}-\d{2}-\d{2}/\d{9}-f7\.jpg", frame.path)
+    assert re.fullmatch(r"frames/cam-a/\d{4}-\d{2}-\d{2}/\d{9}-f7-[0-9a-f]{32}\.jpg", frame.path)
     store.close()
 
 

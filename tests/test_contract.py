@@ -237,6 +237,45 @@ def test_frame_meta_round_trips_through_user_properties():
         FrameMeta.from_properties([("frame_number", "x")])
 
 
+GOOD_FRAME_PROPERTIES = {"frame_number": "7", "captured_at": "2026-11-22T03:47:13.123Z", "result_seq": "3",
+                         "result_msg_id": "0b5bd8a4-6f7e-4c39-9d1a-2f1e8c7b6a50"}
+
+
+@pytest.mark.parametrize("name, value", [
+    ("captured_at", "2026-13-45T00:00:00.000Z"), ("captured_at", "yesterday"), ("captured_at", ""),
+    ("captured_at", "2026-11-22T03:47:13.123Z-and-more"), ("captured_at", "２０２６-11-22T03:47:13.123Z"),
+    ("frame_number", "-1"), ("frame_number", "1e3"), ("frame_number", "9" * 30), ("frame_number", " 7"),
+    ("result_seq", "x"), ("result_seq", str(2**63)), ("result_msg_id", "a\x00b"), ("result_msg_id", "x" * 65),
+])
+def test_frame_meta_refuses_each_bad_property_with_its_name(name, value):
+    properties = {**GOOD_FRAME_PROPERTIES, name: value}
+    with pytest.raises(ContractError, match=name):
+        FrameMeta.from_properties(list(properties.items()))
+
+
+_PROPERTY_TEXT = st.one_of(st.text(max_size=40), st.sampled_from(list(GOOD_FRAME_PROPERTIES.values())),
+                           st.integers().map(str), st.from_regex(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z", fullmatch=True))
+_PROPERTY_NAME = st.one_of(st.sampled_from(list(GOOD_FRAME_PROPERTIES)), st.text(max_size=12))
+_ODD_VALUE = st.one_of(st.none(), st.integers(), st.binary(max_size=8), st.tuples(st.text(max_size=3)))
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(
+    st.lists(st.tuples(_PROPERTY_NAME, _PROPERTY_TEXT), max_size=6),
+    st.lists(st.one_of(st.tuples(_PROPERTY_NAME, _ODD_VALUE), st.tuples(_PROPERTY_NAME), _ODD_VALUE, st.text(max_size=3)), max_size=4),
+    _ODD_VALUE,
+))
+def test_frame_properties_only_ever_raise_contract_error(pairs):
+    """Whatever a device puts in its frame's user properties, the answer is a FrameMeta or a ContractError."""
+    try:
+        meta = FrameMeta.from_properties(pairs)
+    except ContractError as error:
+        assert error.reason
+        return
+    assert 0 <= meta.frame_number < 2**63 and parse_utc_millis(meta.captured_at)
+    assert meta.result_seq is None or 0 <= meta.result_seq < 2**63
+
+
 def test_commands():
     assert parse_command(b'{"schema":"emotion.command/1","id":"1","command":"set_fps","args":{"fps":5}}').args == {"fps": 5}
     with pytest.raises(ContractError, match="fps"):
