@@ -7,16 +7,20 @@ there (broker ACL). The network thread only keeps the latest manifest and
 blob; the agent thread installs a pair whose sha256 matches, so a release
 with a bad checksum is refused and the device keeps its current model.
 
-Installed models live in ``<data_dir>/<device>/models/`` with a small
-``installed.json`` naming the current and previous versions, so a restart
-keeps the new model and a rollback has somewhere to go.
+Installed models live in the device's model store, ``<data_dir>/<device>/models/``,
+in the same format as the build machine's (:mod:`runtime.registry`:
+``registry.json`` plus ``<version>/model.tflite``, each file with its sha256).
+Its ``current`` and ``previous`` pointers say what runs after a restart and
+where a rollback goes (the built-in model is copied in on the first install,
+so the store is complete on its own); ``blocked`` lists rolled-back releases
+that a retained manifest must not install again.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
+import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +30,12 @@ from contract.messages import ModelRelease
 from contract.topics import Topics
 from contract.validation import ContractError, parse_model_release
 from edge.model import LoadedModel, ModelSlot, ModelUnavailable, load_tflite
+from runtime.registry import ModelEntry, ModelRegistry, RegistryError, sha256_file
 
 log = logging.getLogger(__name__)
 
 MAX_MODEL_BYTES = 4 * 1024 * 1024
-POINTER = "installed.json"
+MODEL_FILE = "model.tflite"
 
 
 @dataclass
@@ -44,6 +49,7 @@ class ModelUpdates:
         self.topics = topics
         self.device_id = device_id
         self.model_dir = model_dir
+        self.store = ModelRegistry(model_dir)
         self.num_threads = num_threads
         self.last_error: str | None = None
         self._lock = threading.Lock()
@@ -108,60 +114,70 @@ class ModelUpdates:
         log.error("%s; keeping the current model", self.last_error)
 
     def _install(self, manifest: ModelRelease, blob: bytes) -> LoadedModel:
-        self.model_dir.mkdir(parents=True, exist_ok=True)
-        path = self.model_dir / f"{manifest.version}.tflite"
+        relative = f"{manifest.version}/{MODEL_FILE}"
+        path = self.model_dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(".partial")
         temporary.write_bytes(blob)
         temporary.replace(path)
-        return load_tflite(manifest.name, manifest.version, path, self.num_threads)
+        loaded = load_tflite(manifest.name, manifest.version, path, self.num_threads)  # proves it runs first
+        entry = ModelEntry(
+            name=manifest.name, version=manifest.version, files={"tflite": self.store.describe_file(relative)},
+            metrics=manifest.metrics, source=f"release over MQTT (parent {manifest.parent or 'none'})",
+        )
+        self._register(entry)
+        return loaded
+
+    def _register(self, entry: ModelEntry) -> None:
+        try:
+            self.store.register(entry, replace=True)  # a re-release of a version replaces what we had
+        except (RegistryError, ValueError) as error:
+            raise ModelUnavailable(f"cannot record model {entry.version} in {self.model_dir}: {error}") from None
 
     # -- across restarts -------------------------------------------------------------------
     def block(self, model: LoadedModel) -> None:
         """Never re-install this model from a retained release (it was rolled back)."""
-        self._refused.add((model.version, _sha256(model.path)))
+        sha256 = sha256_file(model.path)
+        self._refused.add((model.version, sha256))
+        self.store.block(model.version, sha256)
 
     def remember(self, slot: ModelSlot) -> None:
-        """Write which installed models are current and previous (registry models are not files here)."""
-        def describe(model: LoadedModel | None) -> dict | None:
-            if model is None:
-                return None
-            return {"name": model.name, "version": model.version, "path": str(model.path), "sha256": _sha256(model.path)}
+        """Record which models are current and previous, copying in any that are not in the store yet."""
+        for model in (slot.current, slot.previous):
+            if model is not None:
+                self._adopt(model)
+        self.store.set_current(slot.current.version, slot.previous.version if slot.previous else None)
 
-        self.model_dir.mkdir(parents=True, exist_ok=True)
-        document = {
-            "current": describe(slot.current),
-            "previous": describe(slot.previous),
-            "blocked": sorted([version, sha] for version, sha in self._refused),
-        }
-        temporary = self.model_dir / f".{POINTER}.partial"
-        temporary.write_text(json.dumps(document, indent=2))
-        temporary.replace(self.model_dir / POINTER)
+    def _adopt(self, model: LoadedModel) -> None:
+        """Make sure the device store holds this model's file (the built-in one comes from elsewhere)."""
+        relative = f"{model.version}/{MODEL_FILE}"
+        target = self.model_dir / relative
+        if target.resolve() != model.path.resolve():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(model.path, target.with_suffix(".partial"))
+            target.with_suffix(".partial").replace(target)
+        file = self.store.describe_file(relative)
+        if model.version in self.store.versions() and self.store.get(model.version).files.get("tflite") == file:
+            return
+        self._register(ModelEntry(name=model.name, version=model.version, files={"tflite": file},
+                                  source=f"copied from {model.path} when a release was installed"))
 
     def restore(self, slot: ModelSlot) -> None:
         """After a restart: go back to the model that was current, if its file still verifies."""
-        pointer = self.model_dir / POINTER
-        if not pointer.exists():
-            return
         try:
-            document = json.loads(pointer.read_text())
-            self._refused.update((version, sha) for version, sha in document.get("blocked", []))
-            previous = self._load_described(document.get("previous"))
-            current = self._load_described(document.get("current"))
-        except (ValueError, OSError, ModelUnavailable) as error:
-            log.warning("ignoring %s: %s", pointer, error)
+            self._refused.update(self.store.blocked())
+            current, previous = self.store.current(), self.store.previous()
+            if current is None:
+                return
+            loaded = self._load_entry(current)
+            before = self._load_entry(previous) if previous is not None else None
+        except (RegistryError, ValueError, OSError, ModelUnavailable) as error:
+            log.warning("ignoring the device model store %s: %s", self.model_dir, error)
             return
-        if current is not None and current.version != slot.version:
-            slot.current, slot.previous = current, previous or slot.current
-            log.info("restored installed model %s (previous %s)", current.version, slot.previous.version)
+        if loaded.version != slot.version:
+            slot.current, slot.previous = loaded, before or slot.current
+            log.info("restored installed model %s (previous %s)", loaded.version, slot.previous.version)
 
-    def _load_described(self, described: dict | None) -> LoadedModel | None:
-        if not described:
-            return None
-        path = Path(described["path"])
-        if not path.exists() or _sha256(path) != described["sha256"]:
-            raise ModelUnavailable(f"{path} is missing or changed")
-        return load_tflite(described["name"], described["version"], path, self.num_threads)
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    def _load_entry(self, entry: ModelEntry) -> LoadedModel:
+        self.store.verify(entry)
+        return load_tflite(entry.name, entry.version, self.store.path_of(entry), self.num_threads)

@@ -180,11 +180,25 @@ class ModelEntry(_StrictModel):
         return files
 
 
+class BlockedModel(_StrictModel):
+    """A model that must not become current again (it was rolled back), by version and content."""
+
+    version: str
+    sha256: str
+
+
 class RegistryDocument(_StrictModel):
-    """The whole content of ``registry.json``."""
+    """The whole content of ``registry.json``.
+
+    The same format serves the build machine's store and a device's store of
+    models installed over the air; ``previous`` (where a rollback goes) and
+    ``blocked`` (rolled-back releases never to install again) matter on devices.
+    """
 
     schema_version: int = SCHEMA_VERSION
     current: str | None = None
+    previous: str | None = None
+    blocked: tuple[BlockedModel, ...] = ()
     models: tuple[ModelEntry, ...] = ()
 
     @model_validator(mode="after")
@@ -192,8 +206,10 @@ class RegistryDocument(_StrictModel):
         versions = [entry.version for entry in self.models]
         if len(versions) != len(set(versions)):
             raise ValueError("a version is registered twice")
-        if self.current is not None and self.current not in versions:
-            raise ValueError(f"current version {self.current} is not registered")
+        for pointer in ("current", "previous"):
+            version = getattr(self, pointer)
+            if version is not None and version not in versions:
+                raise ValueError(f"{pointer} version {version} is not registered")
         return self
 
 
@@ -283,12 +299,28 @@ class ModelRegistry:
                 raise ModelNotFoundError(f"parent version {entry.parent} of {entry.version} is not registered")
             self._save(document.model_copy(update={"models": (*others, entry)}))
 
-    def set_current(self, version: str) -> None:
-        """Point ``current`` at a registered version (the one the edge will run)."""
+    def set_current(self, version: str, previous: str | None = None) -> None:
+        """Point ``current`` at a registered version (the one the edge will run), and ``previous`` if given."""
         with self._locked():
             document = self._load()
             self._find(document, version)
-            self._save(document.model_copy(update={"current": version}))
+            if previous is not None:
+                self._find(document, previous)
+            self._save(document.model_copy(update={"current": version, "previous": previous}))
+
+    def previous(self) -> ModelEntry | None:
+        document = self._load()
+        return None if document.previous is None else self._find(document, document.previous)
+
+    def block(self, version: str, sha256: str) -> None:
+        """Remember never to make this model current again."""
+        with self._locked():
+            document = self._load()
+            blocked = {item for item in document.blocked} | {BlockedModel(version=version, sha256=sha256)}
+            self._save(document.model_copy(update={"blocked": tuple(sorted(blocked, key=lambda item: (item.version, item.sha256)))}))
+
+    def blocked(self) -> set[tuple[str, str]]:
+        return {(item.version, item.sha256) for item in self._load().blocked}
 
     # -- internals -------------------------------------------------------
 

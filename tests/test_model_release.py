@@ -66,6 +66,13 @@ def test_release_is_installed_refused_rolled_back_and_kept_over_restarts(broker,
     assert results.wait_for(lambda messages: len(messages) > count + 20, RELEASE_WAIT_S)
     assert set(versions_seen(results)[count:]) == {entry.version}
 
+    # The device keeps its models in the same store format as the build machine (runtime.registry).
+    device_store = ModelRegistry(tmp_path / "edge" / "cam-a" / "models")
+    assert device_store.current().version == entry.version and device_store.previous().version == "1.1.0"
+    assert ("1.1.0", manifest_for(entry, blob).sha256) in device_store.blocked()
+    for version in device_store.versions():
+        device_store.verify(device_store.get(version))
+
 
 def test_a_device_cannot_publish_a_release(mqtt_client, topics):
     blob, entry = pretrained_blob()
