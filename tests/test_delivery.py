@@ -99,7 +99,8 @@ def test_broker_kill_9_while_results_wait_for_an_offline_ingest_loses_nothing(
                     SOURCE__PACE="true", OUTBOX__FLUSH_TIMEOUT_S="1")
     watcher = subscribe_and_wait(mqtt_client("monitor"), topics.result("cam-a"))
     agent = run_agent(spawned, env, tmp_path / "agent.log", "--source", str(media_file("woman2.mp4")))
-    assert watcher.wait_for(lambda messages: len(messages) >= 100, RUN_S), (tmp_path / "agent.log").read_text()
+    assert wait_until(lambda: len(watcher.messages) >= 100 or agent.poll() is not None, RUN_S)
+    assert agent.poll() is None, (tmp_path / "agent.log").read_text()[-3000:]
 
     broker.kill()  # kill -9: everything it acknowledged is gone with it
     assert outbox_depth(data_dir) >= 100, "the agent forgot results the cloud never stored"
@@ -129,7 +130,8 @@ def test_the_running_edge_resends_when_the_ingest_comes_back_after_a_broker_cras
     data_dir = tmp_path / "edge"
     env = agent_env(pki_dir, broker.settings.tls_port, data_dir, OUTBOX__KEEP_UNTIL="stored", SOURCE__PACE="true")
     agent = run_agent(spawned, env, tmp_path / "agent.log", "--source", str(media_file("woman2.mp4")))
-    assert wait_until(lambda: outbox_depth(data_dir) >= 60, RUN_S)
+    assert wait_until(lambda: outbox_depth(data_dir) >= 60 or agent.poll() is not None, RUN_S)
+    assert agent.poll() is None, (tmp_path / "agent.log").read_text()[-3000:]
     broker.kill()
     broker.start()
     cloud.start()  # while the agent still runs
