@@ -11,117 +11,12 @@ URLs: ``sqlite:///var/cloud/emotion.db`` (relative) or ``sqlite:////abs/path.db`
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
-
-SCHEMA_VERSION = 2
-
-_DDL = """
-CREATE TABLE IF NOT EXISTS schema_info (version INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS devices (
-    device_id TEXT PRIMARY KEY,
-    first_seen {real} NOT NULL,
-    last_seen {real} NOT NULL,
-    status TEXT,
-    status_at {real},
-    last_seq BIGINT,
-    model_version TEXT,
-    last_stats TEXT,
-    stats_at {real}
-);
-CREATE TABLE IF NOT EXISTS results (
-    id {id},
-    msg_id TEXT NOT NULL UNIQUE,
-    device_id TEXT NOT NULL,
-    epoch TEXT,
-    seq BIGINT NOT NULL,
-    captured_at {real} NOT NULL,
-    received_at {real} NOT NULL,
-    frame_number BIGINT NOT NULL,
-    source TEXT NOT NULL,
-    model_name TEXT NOT NULL,
-    model_version TEXT NOT NULL,
-    face_count INTEGER NOT NULL,
-    top_label TEXT,
-    top_confidence {real},
-    document TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS results_device_time ON results (device_id, captured_at);
-CREATE INDEX IF NOT EXISTS results_time ON results (captured_at);
-CREATE INDEX IF NOT EXISTS results_label_time ON results (top_label, captured_at);
--- A result's identity: a device's agent numbers results 0, 1, 2... per epoch (one per start),
--- so a rolled-back outbox can never make two results share one. (NULL epoch: rows from schema 1.)
-CREATE UNIQUE INDEX IF NOT EXISTS results_identity ON results (device_id, epoch, seq);
--- Per device and epoch, the highest seq such that 0..seq are all stored: the edge's stored mark.
-CREATE TABLE IF NOT EXISTS delivery_marks (
-    device_id TEXT NOT NULL,
-    epoch TEXT NOT NULL,
-    seq BIGINT NOT NULL,
-    updated_at {real} NOT NULL,
-    PRIMARY KEY (device_id, epoch)
-);
-CREATE TABLE IF NOT EXISTS faces (
-    id {id},
-    result_id BIGINT NOT NULL REFERENCES results (id) ON DELETE CASCADE,
-    face_index INTEGER NOT NULL,
-    device_id TEXT NOT NULL,
-    captured_at {real} NOT NULL,
-    track_id BIGINT NOT NULL,
-    label TEXT NOT NULL,
-    confidence {real} NOT NULL,
-    p_angry {real} NOT NULL, p_disgust {real} NOT NULL, p_fear {real} NOT NULL, p_happy {real} NOT NULL,
-    p_sad {real} NOT NULL, p_surprise {real} NOT NULL, p_neutral {real} NOT NULL,
-    box_x INTEGER NOT NULL, box_y INTEGER NOT NULL, box_w INTEGER NOT NULL, box_h INTEGER NOT NULL,
-    model_version TEXT NOT NULL,
-    crop_png {blob}
-);
-CREATE INDEX IF NOT EXISTS faces_device_time ON faces (device_id, captured_at);
-CREATE INDEX IF NOT EXISTS faces_label_time ON faces (label, captured_at);
-CREATE INDEX IF NOT EXISTS faces_confidence ON faces (confidence);
-CREATE INDEX IF NOT EXISTS faces_result ON faces (result_id);
-CREATE TABLE IF NOT EXISTS labels (
-    id {id},
-    face_id BIGINT NOT NULL REFERENCES faces (id) ON DELETE CASCADE,
-    label TEXT NOT NULL,
-    labelled_by TEXT NOT NULL,
-    labelled_at {real} NOT NULL
-);
-CREATE INDEX IF NOT EXISTS labels_face ON labels (face_id);
-CREATE TABLE IF NOT EXISTS frames (
-    id {id},
-    device_id TEXT NOT NULL,
-    frame_number BIGINT NOT NULL,
-    captured_at {real} NOT NULL,
-    received_at {real} NOT NULL,
-    result_msg_id TEXT,
-    width INTEGER NOT NULL,
-    height INTEGER NOT NULL,
-    size_bytes BIGINT NOT NULL,
-    path TEXT NOT NULL UNIQUE
-);
-CREATE INDEX IF NOT EXISTS frames_device_time ON frames (device_id, captured_at);
-CREATE INDEX IF NOT EXISTS frames_result ON frames (result_msg_id);
-CREATE TABLE IF NOT EXISTS quarantine (
-    id {id},
-    received_at {real} NOT NULL,
-    topic TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    payload_size BIGINT NOT NULL,
-    payload_sha256 TEXT,
-    payload_head {blob} NOT NULL
-);
-CREATE INDEX IF NOT EXISTS quarantine_time ON quarantine (received_at);
-"""
-
-# Steps that bring a database of schema version N (the key) to N + 1, run before _DDL.
-_UPGRADES = {
-    1: ["ALTER TABLE results ADD COLUMN epoch TEXT", "DROP INDEX IF EXISTS results_device_seq"],
-}
 
 _TYPES = {
     "sqlite": {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "real": "REAL", "blob": "BLOB"},
@@ -188,7 +83,11 @@ def _driver_errors(dialect: str) -> tuple[type[BaseException], ...]:
 
 
 class Database:
-    """Connections per thread, one transaction helper, placeholders adapted to the driver."""
+    """Connections per thread, one transaction helper, placeholders adapted to the driver.
+
+    Opening a database does not touch its schema: :mod:`cloud.schema` owns it
+    (``migrate`` for the ingest and ``emq-db migrate``, ``check`` for readers).
+    """
 
     def __init__(self, url: str) -> None:
         self.url = DatabaseUrl.parse(url)
@@ -197,7 +96,6 @@ class Database:
         self._all: list[Any] = []
         self._all_lock = threading.Lock()
         self.errors = _driver_errors(self.dialect)
-        self.migrate()
 
     # -- connections ---------------------------------------------------------------
     def connection(self):
@@ -275,70 +173,13 @@ class Database:
             raise
         connection.execute("RELEASE message")
 
-    # -- schema --------------------------------------------------------------------
-    def migrate(self) -> None:
-        ddl = _DDL.format(**_TYPES[self.dialect])
-        with self.transaction():
-            if self.dialect == "postgresql":
-                # Two workers starting together must not race on CREATE TABLE.
-                self.execute("SELECT pg_advisory_xact_lock(7203001)")
-            stored = self._stored_version()
-            self._upgrade(stored)
-            for statement in filter(None, (part.strip() for part in ddl.split(";"))):
-                self.execute(statement)
-            if stored is None or self.scalar("SELECT COUNT(*) FROM schema_info") == 0:
-                self.execute("INSERT INTO schema_info (version) VALUES (?)", (SCHEMA_VERSION,))
-            elif stored < SCHEMA_VERSION:
-                self.execute("UPDATE schema_info SET version = ?", (SCHEMA_VERSION,))
-            _bound_quarantine_payloads(self)
-        version = self.scalar("SELECT MAX(version) FROM schema_info")
-        if version != SCHEMA_VERSION:
-            raise DatabaseError(f"database schema version {version}, this code needs {SCHEMA_VERSION}")
+    def query_named(self, statement: str, parameters: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Rows as {column name: value}: readers build their records by name, never by position."""
+        cursor = self.execute(statement, parameters)
+        names = [column[0] for column in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
 
-    def _stored_version(self) -> int | None:
-        """The schema version of an existing database; None for a new one."""
-        if self.dialect == "sqlite":
-            exists = self.scalar("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_info'")
-        else:
-            exists = self.scalar("SELECT to_regclass('schema_info') IS NOT NULL")
-        return self.scalar("SELECT MAX(version) FROM schema_info") if exists else None
-
-    def _upgrade(self, stored: int | None) -> None:
-        """Run the upgrade steps from ``stored`` up to this code's version (newer databases are refused later)."""
-        version = stored
-        while version is not None and version < SCHEMA_VERSION:
-            for statement in _UPGRADES[version]:
-                self.execute(statement)
-            version += 1
-
-# -- migration: quarantine keeps a digest, never whole payloads --------------------------------
-# Databases created before quarantine rows got ``payload_sha256`` may hold whole
-# payloads (up to 4 MB each, from the old internal-error path). This step, run
-# on every start and a no-op once done, adds the column and cuts every kept
-# payload to its head, recording the digest where the whole payload was there
-# to hash. It checks the column itself instead of the schema version.
-QUARANTINE_HEAD_BYTES = 256
-_MIGRATION_BATCH = 500
-
-
-def _has_column(db: Database, table: str, column: str) -> bool:
-    if db.dialect == "sqlite":
-        return any(row[1] == column for row in db.query(f"PRAGMA table_info({table})"))
-    return bool(db.scalar("SELECT COUNT(*) FROM information_schema.columns WHERE table_schema = current_schema()"
-                          " AND table_name = ? AND column_name = ?", (table, column)))
-
-
-def _bound_quarantine_payloads(db: Database) -> None:
-    if _has_column(db, "quarantine", "payload_sha256"):
-        return
-    db.execute("ALTER TABLE quarantine ADD COLUMN payload_sha256 TEXT")
-    # Where the whole payload was kept, its digest can still be taken.
-    while rows := db.query(
-        "SELECT id, payload_head FROM quarantine WHERE payload_sha256 IS NULL AND LENGTH(payload_head) = payload_size"
-        " ORDER BY id LIMIT ?", (_MIGRATION_BATCH,),
-    ):
-        db.executemany("UPDATE quarantine SET payload_sha256 = ?, payload_head = ? WHERE id = ?",
-                       [(hashlib.sha256(bytes(payload)).hexdigest(), bytes(payload[:QUARANTINE_HEAD_BYTES]), row_id)
-                        for row_id, payload in rows])
-    db.execute(f"UPDATE quarantine SET payload_head = SUBSTR(payload_head, 1, {QUARANTINE_HEAD_BYTES})"
-               f" WHERE LENGTH(payload_head) > {QUARANTINE_HEAD_BYTES}")
+    @property
+    def types(self) -> dict[str, str]:
+        """The dialect's spelling of the few DDL types that differ."""
+        return _TYPES[self.dialect]

@@ -53,7 +53,7 @@ from cloud.marks import MarkPublisher, mqtt_publisher
 from cloud.metrics import IngestMetrics
 from cloud.ratelimit import RateLimitedLog
 from cloud.retention import sweep
-from cloud.store import NewFrame, NewResult, Store
+from cloud.store import IngestStore, NewFrame, NewResult, RetentionStore
 from comms.mqtt import Availability, Message, MqttClient
 from contract.topics import Channel, InvalidDeviceId, Topics
 from contract.messages import Stats, utc_millis_epoch
@@ -147,7 +147,8 @@ class IngestService:
         self.metrics = IngestMetrics()
         self.inbox: BatchInbox[Message] = BatchInbox(config.batch_max)
         self._planned: queue.Queue = queue.Queue(maxsize=2)  # validated batches waiting for the writer thread
-        self.store: Store | None = None
+        self.store: IngestStore | None = None
+        self.retention: RetentionStore | None = None
         self.files = DataFolder(config.data_dir)
         self.client: MqttClient | None = None
         self.marks: MarkPublisher | None = None
@@ -162,7 +163,7 @@ class IngestService:
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
-        self.store = Store(self.config.database_url)
+        self.open_store()
         _calm_the_garbage_collector()
         # Retained online/offline(LWT)/stopped: an edge that sees a worker come online resends
         # what the cloud has not confirmed (the broker may have lost it meanwhile).
@@ -192,7 +193,7 @@ class IngestService:
         then has the broker discard the session. Stop the worker first: two
         clients with one id would keep taking the connection from each other.
         """
-        self.store = Store(self.config.database_url)
+        self.open_store()
         self.client = MqttClient(self.config.mqtt, manual_ack=True)
         self.marks = self._mark_publisher()
         filters = subscription_filters(self.topics, self.config.shared_group)
@@ -221,6 +222,11 @@ class IngestService:
             self.store.close()
         log.info("retired %s: session ended after storing what it held: %s", self.config.mqtt.client_id, json.dumps(self.counters.snapshot()))
         return self.counters.snapshot()
+
+    def open_store(self) -> None:
+        """The ingest's part of the store, migrating the schema (the ingest owns it), and retention's on the same database."""
+        self.store = IngestStore(self.config.database_url, migrate=True)
+        self.retention = RetentionStore(self.store.db)
 
     def _mark_publisher(self) -> MarkPublisher:
         settings = self.config.stored_marks
@@ -294,7 +300,7 @@ class IngestService:
 
     def _sweep(self) -> None:
         try:
-            sweep(self.store, self.files, self.config.retention)
+            sweep(self.retention, self.files, self.config.retention)
         except Exception:  # retention must never stop ingestion
             log.exception("retention sweep failed")
 
@@ -433,7 +439,7 @@ class IngestService:
         self._quarantined_since_trim += len(plan.rejected)
         trim_every = max(100, retention.quarantine_max_rows // 10)  # between trims: a tenth of the cap, plus a batch, over it
         if retention.enabled and self._quarantined_since_trim >= trim_every:
-            self.store.cap_quarantine(retention.quarantine_max_rows)
+            self.retention.cap_quarantine(retention.quarantine_max_rows)
             self._quarantined_since_trim = 0
 
     def _write_one_by_one(self, batch: list[Message], received_at: float) -> "BatchPlan":

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from cloud.config import RetentionSettings
 from cloud.files import DataFolder
-from cloud.store import Store
+from cloud.store import RetentionStore as Store
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from cloud.store import FaceRow, Store
+from cloud.store import FaceRow, TrainingStore
 from contract.emotions import EMOTIONS
 
 LABEL_INDEX = {name: index for index, name in enumerate(EMOTIONS)}
@@ -71,7 +71,7 @@ def decode_crop(png: bytes) -> np.ndarray | None:
     return pixels if pixels is not None and pixels.shape == (64, 64) else None
 
 
-def load_samples(store: Store, settings: DatasetSettings) -> list[Sample]:
+def load_samples(store: TrainingStore, settings: DatasetSettings) -> list[Sample]:
     samples = []
     for face in store.training_faces(settings.min_confidence):
         choice = chosen_label(face, settings.min_confidence)
@@ -134,7 +134,7 @@ def _arrays(samples: list[Sample]) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([sample.pixels for sample in samples]), np.array([LABEL_INDEX[sample.label] for sample in samples], np.int64)
 
 
-def build_dataset(store: Store, settings: DatasetSettings = DatasetSettings()) -> CollectedDataset:
+def build_dataset(store: TrainingStore, settings: DatasetSettings = DatasetSettings()) -> CollectedDataset:
     samples = load_samples(store, settings)
     sessions = [drop_near_duplicates(session, settings.duplicate_threshold) for session in track_sessions(samples, settings.session_gap_s)] if samples else []
     kept = [sample for session in sessions for sample in session]

@@ -30,7 +30,7 @@ from typing import Annotated
 import numpy as np
 from pydantic import Field, model_validator
 
-from cloud.store import Store
+from cloud.store import TrainingStore
 from comms.mqtt import MqttClient
 from comms.settings import MqttSettings, apply_identity_defaults
 from common.cli import configure_logging, load_or_exit, print_config
@@ -138,7 +138,7 @@ def run_retraining(config: RetrainConfig) -> Outcome:
     from models.training import TrainingSettings, train
     from models.versions import next_version, register_version
 
-    store = Store(config.database_url)
+    store = TrainingStore(config.database_url)
     try:
         collected = build_dataset(store, DatasetSettings(
             config.dataset.min_confidence, config.dataset.duplicate_threshold, config.dataset.session_gap_s, config.dataset.validation_fraction,

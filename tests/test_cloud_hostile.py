@@ -146,7 +146,8 @@ def outside_files(tmp_path: Path, data_dir: Path) -> set[Path]:
 def service(tmp_path, pki_dir):
     config = IngestConfig(pki_dir=pki_dir, data_dir=tmp_path / "sandbox" / "data", database_url=f"sqlite:///{tmp_path / 'sandbox' / 'cloud.db'}")
     ingest = IngestService(config)
-    ingest.store = Store(config.database_url)
+    ingest.open_store()
+    ingest.store = Store(ingest.store.db)  # every part, on the same database: the test reads what it wrote
     yield ingest
     ingest.store.close()
 

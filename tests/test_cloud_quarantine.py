@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from cloud.config import IngestConfig, RetentionSettings
+from cloud import schema
 from cloud.db import Database
 from cloud.files import DataFolder
 from cloud.ingest import IngestService
@@ -222,7 +223,8 @@ def service(tmp_path, pki_dir, database_url):
     def make(**settings) -> IngestService:
         config = IngestConfig(pki_dir=pki_dir, data_dir=tmp_path / "data", database_url=database_url, **settings)
         ingest = IngestService(config)
-        ingest.store = Store(config.database_url)
+        ingest.open_store()
+        ingest.store = Store(ingest.store.db)  # every part, on the same database: the test reads what it wrote
         made.append(ingest)
         return ingest
 
@@ -288,6 +290,7 @@ def test_an_old_database_keeps_digests_not_whole_payloads(tmp_path, database_url
     """The migration step: a quarantine table without payload_sha256, holding a whole 1 MB payload."""
     whole, head_only = b"W" * 1_000_000, b"H" * 256
     database = Database(database_url)
+    schema.migrate(database)
     database.execute("ALTER TABLE quarantine DROP COLUMN payload_sha256")
     database.executemany("INSERT INTO quarantine (received_at, topic, reason, payload_size, payload_head) VALUES (?, ?, ?, ?, ?)",
                          [(1.0, "t", "internal error", len(whole), whole), (2.0, "t", "not JSON", 5000, head_only)])

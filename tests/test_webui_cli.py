@@ -17,7 +17,7 @@ import pytest
 from werkzeug.security import check_password_hash
 
 from tests.conftest import REPO_ROOT, free_port, wait_until
-from tests.webui_helpers import DeviceClient, HttpSession, device_availability, synthetic_jpeg
+from tests.webui_helpers import DeviceClient, HttpSession, create_schema, device_availability, synthetic_jpeg
 
 START_TIMEOUT_S = 20
 
@@ -43,6 +43,7 @@ def env_for(tmp_path: Path, pki_dir: Path, broker_port: int, **extra: str) -> di
         "EMQ_WEBUI__SERVER__METRICS_PORT": str(free_port()),
     })
     env.update(extra)
+    create_schema(env["EMQ_WEBUI__STORE__URL"])
     return env
 
 

@@ -226,7 +226,16 @@ def webui_config(tmp_path: Path, pki_dir: Path, broker_port: int, **sections):
     }
     for section, values in sections.items():
         data.setdefault(section, {}).update(values)
-    return WebUIConfig.model_validate(data)
+    config = WebUIConfig.model_validate(data)
+    create_schema(config.store.url)
+    return config
+
+
+def create_schema(url: str) -> None:
+    """What the ingest does on its first start: the dashboard only reads a schema someone else made."""
+    from cloud.store import Store
+
+    Store(url).close()
 
 
 @dataclass

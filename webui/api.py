@@ -33,7 +33,7 @@ from webui.filters import (
 )
 from webui.live import StreamLimitReached
 from webui.present import device_dict, face_dict, result_dict
-from webui.queries import choose_bucket, devices_with_faces, face_time_range
+from webui.queries import choose_bucket
 from webui.services import current_services
 from webui.stream import hello_event, live_events
 
@@ -134,7 +134,7 @@ def emotion_share():
     """Per device, the share of each emotion among faces per time bucket (percent) and the face counts."""
     store = current_services().store
     result_filter = parse_result_filter(request.args)
-    bounds = face_time_range(store, result_filter.device_id, result_filter.since, result_filter.until)
+    bounds = store.face_time_range(result_filter.device_id, result_filter.since, result_filter.until)
     if bounds is None:
         return jsonify(bucket_s=None, since=None, until=None, devices={})
     since = result_filter.since if result_filter.since is not None else bounds[0]
@@ -142,7 +142,7 @@ def emotion_share():
     bucket = parse_int(request.args, "bucket", choose_bucket(until - since), 1, 7 * 24 * 3600)
     if (until - since) / bucket > MAX_CHART_BUCKETS:
         raise FilterError(f"bucket: too small for this range (more than {MAX_CHART_BUCKETS} points)")
-    device_ids = [result_filter.device_id] if result_filter.device_id else devices_with_faces(store, since, until)
+    device_ids = [result_filter.device_id] if result_filter.device_id else store.devices_with_faces(since, until)
     series = {device: share_series(store.emotion_share(device, since, until, bucket)) for device in device_ids[:MAX_CHART_DEVICES]}
     return jsonify(bucket_s=bucket, since=since, until=until, devices=series, truncated=len(device_ids) > MAX_CHART_DEVICES)
 

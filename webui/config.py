@@ -106,6 +106,9 @@ class AuthSettings(StrictSettings):
 class StoreSettings(StrictSettings):
     url: str = Field(default="sqlite:///var/cloud/emotion.db", description="The cloud store the ingest service fills.")
     data_dir: Path = Field(default=Path("var/cloud/data"), description="The ingest's data folder; stored frame and crop paths are relative to it.")
+    schema_wait_s: Annotated[float, Field(ge=0, le=3600)] = Field(
+        default=30.0, description="At start, wait this long for the ingest to create the database schema (it owns it)."
+    )
 
     @field_validator("url")
     @classmethod

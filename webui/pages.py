@@ -10,7 +10,7 @@ from flask import Blueprint, abort, g, render_template, request, url_for
 from webui.auth import requires
 from webui.filters import RANGES_S, FilterError, parse_page, parse_result_filter
 from webui.present import face_dict, known_device_ids, result_dict
-from webui.queries import ResultFilter, result_frame_size
+from webui.queries import ResultFilter
 from webui.services import current_services
 
 blueprint = Blueprint("pages", __name__)
@@ -74,7 +74,7 @@ def result_detail(result_id: int):
         abort(404, description=f"no result {result_id}")
     row, faces = found
     frame = store.frame_for_result(row.msg_id)
-    size = result_frame_size(store, result_id) or ((frame.width, frame.height) if frame else (1, 1))
+    size = store.result_frame_size(result_id) or ((frame.width, frame.height) if frame else (1, 1))
     return render_template(
         "result.html",
         result=result_dict(row),

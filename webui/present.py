@@ -7,10 +7,9 @@ from typing import Any
 
 from flask import url_for
 
-from cloud.store import DeviceRow, FaceRow, ResultRow, Store
+from cloud.store import DashboardStore, DeviceRow, FaceRow, ResultRow
 from contract.emotions import EMOTIONS
 from webui.live import LiveHub
-from webui.queries import result_device_ids
 
 
 def iso_utc(epoch_s: float | None) -> str | None:
@@ -66,7 +65,7 @@ def device_dict(row: DeviceRow) -> dict[str, Any]:
     }
 
 
-def known_device_ids(store: Store, hub: LiveHub) -> list[str]:
+def known_device_ids(store: DashboardStore, hub: LiveHub) -> list[str]:
     """Devices in the store or live now: the choices of the device filters."""
-    stored = {row.device_id for row in store.devices()} | set(result_device_ids(store))
+    stored = {row.device_id for row in store.devices()} | set(store.result_device_ids())
     return sorted(stored | set(hub.device_ids()))

@@ -6,13 +6,15 @@ import logging
 import os
 import secrets
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from flask import current_app
 
 from cloud.db import DatabaseError, DatabaseUrl
-from cloud.store import Store
+from cloud.schema import SchemaMissing
+from cloud.store import DashboardStore
 from contract.topics import Topics
 from webui.broker import BrokerLink
 from webui.commands import CommandLog, CommandSender
@@ -24,6 +26,8 @@ from webui.users import UserDirectory, UserError
 from webui.vendor import VendorAssetMissing, plotly_js_path
 
 log = logging.getLogger(__name__)
+
+SCHEMA_POLL_S = 0.5
 
 SECRET_KEY_BYTES = 32
 
@@ -43,7 +47,7 @@ class StartupError(RuntimeError):
 class Services:
     config: WebUIConfig
     topics: Topics
-    store: Store
+    store: DashboardStore
     users: UserDirectory
     hub: LiveHub
     commands: CommandSender
@@ -78,12 +82,26 @@ def load_secret_key(config: WebUIConfig) -> str:
     return key
 
 
-def open_store(config: WebUIConfig) -> Store:
-    try:
-        return Store(config.store.url)
-    except (DatabaseError, OSError) as error:
-        where = DatabaseUrl.parse(config.store.url).redacted()  # never print a database password
-        raise StartupError(f"cannot open the store {where}: {error}", EXIT_RUNTIME) from None
+def open_store(config: WebUIConfig) -> DashboardStore:
+    """The dashboard's part of the store. The ingest owns the schema: on a new install the dashboard
+    may start first, so a database without a schema is waited for (``store.schema_wait_s``); one that
+    is older or newer than this code is refused at once."""
+    deadline = time.monotonic() + config.store.schema_wait_s
+    while True:
+        try:
+            return DashboardStore(config.store.url)
+        except SchemaMissing as error:
+            if time.monotonic() >= deadline:
+                raise _store_error(config, error) from None
+            log.info("waiting for the ingest to create the database schema (%s)", error)
+            time.sleep(SCHEMA_POLL_S)
+        except (DatabaseError, OSError) as error:
+            raise _store_error(config, error) from None
+
+
+def _store_error(config: WebUIConfig, error: Exception) -> StartupError:
+    where = DatabaseUrl.parse(config.store.url).redacted()  # never print a database password
+    return StartupError(f"cannot open the store {where}: {error}", EXIT_RUNTIME)
 
 
 def build_services(config: WebUIConfig, *, connect: bool = True) -> Services:

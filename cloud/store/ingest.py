@@ -1,0 +1,191 @@
+"""The ingest's writes: results and faces, devices, frames, quarantine, and the stored marks."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Iterable
+
+from cloud.schema import QUARANTINE_HEAD_BYTES
+from cloud.store.base import StorePart
+from cloud.store.rows import NewFrame, NewResult
+from contract.emotions import EMOTIONS
+from contract.messages import Result
+
+_FRAMES_PER_STATEMENT = 1000  # 9 parameters each: well inside SQLite's limit on bound parameters
+PROBABILITY_COLUMNS = ", ".join(f"p_{name}" for name in EMOTIONS)
+
+
+def _result_values(item: NewResult, received_at: float) -> tuple:
+    result, top = item.result, item.result.top
+    return (
+        result.msg_id, result.device_id, result.epoch, result.seq, result.captured_epoch, received_at, result.frame_number,
+        result.source, result.model.name, result.model.version, len(result.faces),
+        top.label if top else None, top.confidence if top else None, item.document,
+    )
+
+
+def _distinct_results(items: list[NewResult]) -> list[NewResult]:
+    """The first of each msg_id and of each (device, epoch, seq) within one batch."""
+    seen: set = set()
+    distinct = []
+    for item in items:
+        result = item.result
+        keys = (result.msg_id, (result.device_id, result.epoch, result.seq))
+        if keys[0] in seen or keys[1] in seen:
+            continue
+        seen.update(keys)
+        distinct.append(item)
+    return distinct
+
+
+def _face_values(result_id: int, item: NewResult) -> list[tuple]:
+    result = item.result
+    captured_at = result.captured_epoch
+    return [
+        (
+            result_id, index, result.device_id, captured_at, face.track_id, face.label, face.confidence,
+            *face.probabilities.as_tuple(), face.box.x, face.box.y, face.box.w, face.box.h,
+            result.model.version, item.crops[index],
+        )
+        for index, face in enumerate(result.faces)
+    ]
+
+
+class IngestStore(StorePart):
+    """Everything the ingest writes. Opened with ``migrate=True`` by the ingest, which owns the schema."""
+
+    def add_result(self, result: Result, received_at: float, crops: list[bytes | None], document: str) -> bool:
+        """Store one result and its faces; False if it was stored before (a redelivery or a resend)."""
+        return self.add_results([NewResult(result, crops, document)], received_at) == 1
+
+    def add_results(self, items: list[NewResult], received_at: float) -> int:
+        """Store results and their faces in a few statements; returns how many were new.
+
+        One multi-row ``INSERT … ON CONFLICT DO NOTHING RETURNING`` tells exactly
+        which rows this transaction created, even with concurrent workers, so
+        faces are never stored twice for a redelivered result.
+        """
+        unique = _distinct_results(items)
+        if not unique:
+            return 0
+        placeholders = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(unique))
+        parameters = [value for item in unique for value in _result_values(item, received_at)]
+        # No conflict target: a known msg_id (a redelivery) and a known (device, epoch, seq) are both skipped.
+        created = dict(self.db.query(
+            "INSERT INTO results (msg_id, device_id, epoch, seq, captured_at, received_at, frame_number, source, model_name,"
+            f" model_version, face_count, top_label, top_confidence, document) VALUES {placeholders}"
+            " ON CONFLICT DO NOTHING RETURNING msg_id, id",
+            parameters,
+        ))
+        face_rows = [row for item in unique if item.result.msg_id in created for row in _face_values(created[item.result.msg_id], item)]
+        self.db.executemany(
+            "INSERT INTO faces (result_id, face_index, device_id, captured_at, track_id, label, confidence,"
+            f" {PROBABILITY_COLUMNS}, box_x, box_y, box_w, box_h, model_version, crop_png)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            face_rows,
+        )
+        return len(created)
+
+    # == devices ==========================================================================
+    def touch_device(self, device_id: str, seen_at: float, seq: int | None = None, model_version: str | None = None) -> None:
+        """Record that a device was heard from (once per batch, not per message)."""
+        self.db.execute(
+            "INSERT INTO devices (device_id, first_seen, last_seen, last_seq, model_version) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (device_id) DO UPDATE SET last_seen = excluded.last_seen,"
+            " last_seq = COALESCE(excluded.last_seq, devices.last_seq),"
+            " model_version = COALESCE(excluded.model_version, devices.model_version)",
+            (device_id, seen_at, seen_at, seq, model_version),
+        )
+
+    def set_device_status(self, device_id: str, status: str, at: float) -> None:
+        self.touch_device(device_id, at)
+        self.db.execute("UPDATE devices SET status = ?, status_at = ? WHERE device_id = ?", (status, at, device_id))
+
+    def set_device_stats(self, device_id: str, stats_json: str, at: float) -> None:
+        self.touch_device(device_id, at)
+        self.db.execute("UPDATE devices SET last_stats = ?, stats_at = ? WHERE device_id = ?", (stats_json, at, device_id))
+
+    # == delivery marks (what the edge may forget) =====================================
+    def advance_marks(self, epochs: Iterable[tuple[str, str]], at: float | None = None) -> dict[tuple[str, str], int]:
+        """For each (device, epoch): the highest seq with 0..seq all stored, saved and returned.
+
+        Computed from the committed results, so every worker's commits count
+        (each worker calls this after its own commit; the saved mark only grows).
+        A pair whose seq 0 is not stored yet is left out.
+        """
+        marks = {}
+        for device_id, epoch in epochs:
+            mark = self._contiguous_seq(device_id, epoch)
+            if mark is None:
+                continue
+            self.db.execute(
+                "INSERT INTO delivery_marks (device_id, epoch, seq, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (device_id, epoch) DO UPDATE SET updated_at = excluded.updated_at,"
+                " seq = CASE WHEN excluded.seq > delivery_marks.seq THEN excluded.seq ELSE delivery_marks.seq END",
+                (device_id, epoch, mark, at or time.time()),
+            )
+            marks[(device_id, epoch)] = self.delivery_mark(device_id, epoch)
+        return marks
+
+    def _contiguous_seq(self, device_id: str, epoch: str, chunk: int = 2000) -> int | None:
+        """Walk the stored seqs upwards from the saved mark until the first gap."""
+        mark = self.delivery_mark(device_id, epoch)
+        mark = -1 if mark is None else mark
+        while True:
+            seqs = [row[0] for row in self.db.query(
+                "SELECT seq FROM results WHERE device_id = ? AND epoch = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (device_id, epoch, mark, chunk),
+            )]
+            for seq in seqs:
+                if seq != mark + 1:
+                    return mark if mark >= 0 else None
+                mark = seq
+            if len(seqs) < chunk:
+                return mark if mark >= 0 else None
+
+    def delivery_mark(self, device_id: str, epoch: str) -> int | None:
+        return self.db.scalar("SELECT seq FROM delivery_marks WHERE device_id = ? AND epoch = ?", (device_id, epoch))
+
+    # == frames ===========================================================================
+    def add_frame(self, frame: NewFrame, received_at: float) -> int:
+        return self.add_frames([frame], received_at)
+
+    def add_frames(self, frames: list[NewFrame], received_at: float) -> int:
+        """Record frame files; returns how many rows are new (a redelivered frame has the same path)."""
+        created = 0
+        for start in range(0, len(frames), _FRAMES_PER_STATEMENT):
+            chunk = frames[start:start + _FRAMES_PER_STATEMENT]
+            placeholders = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
+            parameters = [value for frame in chunk for value in (
+                frame.device_id, frame.frame_number, frame.captured_at, received_at, frame.result_msg_id,
+                frame.width, frame.height, frame.size_bytes, frame.path)]
+            created += len(self.db.query(
+                "INSERT INTO frames (device_id, frame_number, captured_at, received_at, result_msg_id, width, height, size_bytes, path)"
+                f" VALUES {placeholders} ON CONFLICT (path) DO NOTHING RETURNING id",
+                parameters,
+            ))
+        return created
+
+    def result_devices(self, msg_ids: Iterable[str]) -> dict[str, str]:
+        """msg_id -> device_id of the stored results among ``msg_ids`` (to check a frame's claimed link)."""
+        wanted = list(set(msg_ids))
+        if not wanted:
+            return {}
+        placeholders = ", ".join(["?"] * len(wanted))
+        return dict(self.db.query(f"SELECT msg_id, device_id FROM results WHERE msg_id IN ({placeholders})", wanted))
+
+    # == quarantine =======================================================================
+    def quarantine(self, topic: str, reason: str, payload: bytes, received_at: float | None = None) -> None:
+        self.quarantine_many([(topic, reason, payload)], received_at)
+
+    def quarantine_many(self, rejected: list[tuple[str, str, bytes]], received_at: float | None = None) -> None:
+        """Record rejected messages (topic, reason, payload): the first bytes (enough to see what it
+        was), the size and a SHA-256 of the payload. Never the whole payload: a flood of large bad
+        messages must not fill the disk (a row is at most ~2 KB)."""
+        at = received_at or time.time()
+        self.db.executemany(
+            "INSERT INTO quarantine (received_at, topic, reason, payload_size, payload_sha256, payload_head) VALUES (?, ?, ?, ?, ?, ?)",
+            [(at, topic[:512], reason[:1000], len(payload), hashlib.sha256(payload).hexdigest(), bytes(payload[:QUARANTINE_HEAD_BYTES]))
+             for topic, reason, payload in rejected],
+        )

@@ -1,0 +1,152 @@
+"""The records the store hands out and takes in; readers build them from rows by column name."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from typing import Any
+
+from contract.emotions import EMOTIONS
+from contract.messages import Result
+
+
+@dataclass(frozen=True)
+class DeviceRow:
+    device_id: str
+    first_seen: float
+    last_seen: float
+    status: str | None
+    status_at: float | None
+    last_seq: int | None
+    model_version: str | None
+    last_stats: dict | None
+
+    @classmethod
+    def from_columns(cls, columns: dict[str, Any]) -> "DeviceRow":
+        stats = columns["last_stats"]
+        return cls(**{**columns, "last_stats": json.loads(stats) if stats else None})
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    id: int
+    msg_id: str
+    device_id: str
+    epoch: str | None
+    seq: int
+    captured_at: float
+    received_at: float
+    frame_number: int
+    source: str
+    model_version: str
+    face_count: int
+    top_label: str | None
+    top_confidence: float | None
+
+    @classmethod
+    def from_columns(cls, columns: dict[str, Any]) -> "ResultRow":
+        return cls(**columns)
+
+
+@dataclass(frozen=True)
+class FaceRow:
+    id: int
+    result_id: int
+    device_id: str
+    captured_at: float
+    track_id: int
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    box: tuple[int, int, int, int]
+    model_version: str
+    has_crop: bool
+    human_label: str | None = None
+
+    @classmethod
+    def from_columns(cls, columns: dict[str, Any]) -> "FaceRow":
+        return cls(
+            id=columns["id"], result_id=columns["result_id"], device_id=columns["device_id"],
+            captured_at=columns["captured_at"], track_id=columns["track_id"], label=columns["label"],
+            confidence=columns["confidence"], probabilities={name: columns[f"p_{name}"] for name in EMOTIONS},
+            box=(columns["box_x"], columns["box_y"], columns["box_w"], columns["box_h"]),
+            model_version=columns["model_version"], has_crop=bool(columns["has_crop"]),
+            human_label=columns.get("human_label"),
+        )
+
+
+@dataclass(frozen=True)
+class QuarantineRow:
+    id: int
+    received_at: float
+    topic: str
+    reason: str
+    payload_size: int
+    payload_head: bytes
+    payload_sha256: str | None  # None on rows older than the digest column whose whole payload was not kept
+
+    @classmethod
+    def from_columns(cls, columns: dict[str, Any]) -> "QuarantineRow":
+        return cls(**{**columns, "payload_head": bytes(columns["payload_head"])})
+
+
+@dataclass(frozen=True)
+class NewFrame:
+    """A frame file to record; ``path`` is relative to the data folder."""
+
+    device_id: str
+    frame_number: int
+    captured_at: float
+    result_msg_id: str | None
+    width: int
+    height: int
+    size_bytes: int
+    path: str
+
+
+@dataclass(frozen=True)
+class FrameRow(NewFrame):
+    """A stored frame: the same record plus its row id."""
+
+    id: int
+
+    @classmethod
+    def from_columns(cls, columns: dict[str, Any]) -> "FrameRow":
+        return cls(**columns)
+
+
+@dataclass(frozen=True)
+class NewResult:
+    """A validated result ready to store: the decoded crop PNG per face, the JSON without pixels."""
+
+    result: Result
+    crops: list[bytes | None]
+    document: str
+
+
+def column_list(record: type, table_alias: str = "") -> str:
+    """``SELECT`` list naming exactly the record's stored fields (so rows map back by name)."""
+    prefix = f"{table_alias}." if table_alias else ""
+    return ", ".join(f"{prefix}{field.name}" for field in fields(record))
+
+
+RESULT_COLUMNS = column_list(ResultRow)
+FRAME_COLUMNS = column_list(FrameRow)
+QUARANTINE_COLUMNS = column_list(QuarantineRow)
+DEVICE_COLUMNS = column_list(DeviceRow)
+FACE_COLUMNS = (
+    "f.id, f.result_id, f.device_id, f.captured_at, f.track_id, f.label, f.confidence, "
+    + ", ".join(f"f.p_{name}" for name in EMOTIONS)
+    + ", f.box_x, f.box_y, f.box_w, f.box_h, f.model_version, (f.crop_png IS NOT NULL) AS has_crop"
+)
+LATEST_LABEL = (
+    "(SELECT l.label FROM labels l WHERE l.face_id = f.id ORDER BY l.labelled_at DESC, l.id DESC LIMIT 1) AS human_label"
+)
+
+
+def filters(device_id, label, since, until, label_column: str = "top_label") -> tuple[str, list]:
+    """WHERE clause for the usual device / emotion / time-range filters (None = any)."""
+    conditions = (("device_id = ?", device_id), (f"{label_column} = ?", label), ("captured_at >= ?", since), ("captured_at < ?", until))
+    chosen = [(clause, value) for clause, value in conditions if value is not None]
+    where = (" WHERE " + " AND ".join(clause for clause, _ in chosen)) if chosen else ""
+    return where, [value for _, value in chosen]
