@@ -41,7 +41,7 @@ def services_env(pki_dir: Path, tmp_path: Path) -> tuple[dict[str, str], str]:
         "EMQ_VENV": str(Path(sys.executable).parent.parent), "EMQ_DEMO_SOURCE": str(media_file("woman2.mp4")),
         "EMQ_DEMO_DEVICE": "cam-a", "EMQ_DEMO_LOG_DIR": str(tmp_path / "log"),
     })
-    (tmp_path / "webui").mkdir()
+    (tmp_path / "webui").mkdir(exist_ok=True)
     return env, database
 
 

@@ -10,6 +10,7 @@ from werkzeug.routing import IntegerConverter
 
 from tests.webui_helpers import (
     PASSWORDS,
+    full_store,
     FakeClock,
     HttpSession,
     copy_session_cookie,
@@ -300,7 +301,7 @@ def test_behind_a_trusted_proxy_the_forwarded_address_and_scheme_count(broker, p
 
 def test_the_back_link_of_a_result_never_leaves_the_site(webui_app):
     services = webui_app.extensions["emq"]
-    seeded = seed_history(services.store, services.config.store.data_dir, 2)
+    seeded = seed_history(full_store(services), services.config.store.data_dir, 2)
     client = webui_app.test_client()
     assert form_log_in(client, "viewer").status_code == 302
     result_path = f"/results/{seeded[0].result_id}"

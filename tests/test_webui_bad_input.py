@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from werkzeug.routing import IntegerConverter
 
-from tests.webui_helpers import csrf_of, form_log_in, seed_history
+from tests.webui_helpers import csrf_of, form_log_in, full_store, seed_history
 from tests.webui_helpers import webui_app  # noqa: F401 (shared fixture)
 
 HUGE_IDS = [str(2**63), str(2**64), str(10**30), "9" * 5000, "00000000000000000000001"]
@@ -57,7 +57,7 @@ def bad_queries() -> list[tuple[str, str]]:
 def admin(webui_app):
     """A logged-in admin (every role's routes) on a store with a few results (so the chart code runs too)."""
     services = webui_app.extensions["emq"]
-    seed_history(services.store, services.config.store.data_dir, 4, start=datetime.now(timezone.utc) - timedelta(hours=1))
+    seed_history(full_store(services), services.config.store.data_dir, 4, start=datetime.now(timezone.utc) - timedelta(hours=1))
     client = webui_app.test_client()
     assert form_log_in(client, "admin").status_code == 302
     return client

@@ -231,6 +231,11 @@ def webui_config(tmp_path: Path, pki_dir: Path, broker_port: int, **sections):
     return config
 
 
+def full_store(services) -> Store:
+    """Every part of the store on the dashboard's database: tests seed what the ingest would have written."""
+    return Store(services.store.db)
+
+
 def create_schema(url: str) -> None:
     """What the ingest does on its first start: the dashboard only reads a schema someone else made."""
     from cloud.store import Store
@@ -247,7 +252,7 @@ class RunningWebUI:
 
     @property
     def store(self) -> Store:
-        return self.services.store
+        return full_store(self.services)
 
     @property
     def data_dir(self) -> Path:
