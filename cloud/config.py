@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -37,6 +37,14 @@ class StoredMarkSettings(StrictSettings):
     )
 
 
+class FrameStorageSettings(StrictSettings):
+    backend: Literal["files", "database"] = Field(
+        default="files",
+        description="Where frame JPEGs go: files below data_dir (one machine), or the database itself, so ingest workers "
+        "on several machines and a dashboard elsewhere share them (use PostgreSQL for that).",
+    )
+
+
 class IngestConfig(StrictSettings):
     pki_dir: Path = Field(default=Path("var/pki"), description="Where `emq-pki` put ca.crt and clients/ingest.crt/.key.")
     worker_name: str | None = Field(
@@ -51,6 +59,7 @@ class IngestConfig(StrictSettings):
         description="Share the stream with other workers through $share/<group>/… subscriptions.",
     )
     store_frames: bool = True
+    frames: FrameStorageSettings = Field(default_factory=FrameStorageSettings)
     frame_max_width: Annotated[int, Field(ge=1, le=65535)] = Field(default=8192, description="Frames whose JPEG header declares more are quarantined.")
     frame_max_height: Annotated[int, Field(ge=1, le=65535)] = Field(default=8192, description="Frames whose JPEG header declares more are quarantined.")
     batch_max: Annotated[int, Field(ge=1, le=10000)] = Field(default=200, description="Messages committed (and acknowledged) together.")

@@ -409,7 +409,8 @@ class IngestService:
         # Files first, rows after: a row never points at a file that is not there. A name
         # already taken holds these very bytes (names come from them): never overwritten.
         for frame, jpeg in plan.frames:
-            self.files.write(Path(frame.path), jpeg)
+            if not frame.jpeg:  # kept as a file (frames.backend = "files")
+                self.files.write(Path(frame.path), jpeg)
         plan.frames_stored = self.store.add_frames(self._own_results_only(plan.frames), received_at)
 
     def _own_results_only(self, frames: list[tuple[NewFrame, bytes]]) -> list[NewFrame]:
@@ -511,7 +512,7 @@ class IngestService:
         frame_number = meta.frame_number if meta else 0
         relative = self.files.relative_path("frames", device_id, captured_at, frame_file_name(captured_at, frame_number, jpeg))
         frame = NewFrame(device_id, frame_number, captured_at, (meta.result_msg_id or None) if meta else None,
-                         width, height, len(jpeg), relative.as_posix())
+                         width, height, len(jpeg), relative.as_posix(), jpeg if self.config.frames.backend == "database" else None)
         plan.frames.append((frame, jpeg))
 
     def _plan_status(self, device_id: str, message: Message, plan: "BatchPlan", received_at: float) -> None:

@@ -35,8 +35,11 @@ class SweepReport:
 
 
 def _delete_frames(store: Store, files: DataFolder, frames, report: SweepReport) -> None:
+    # Files first: a crash in between leaves a row whose file is gone (the dashboard says so),
+    # never a file no row names (which nothing would ever delete). Frames kept in the
+    # database go with their rows (frame_data cascades).
     for frame in frames:
-        report.bytes_freed += files.delete(frame.path)
+        report.bytes_freed += frame.size_bytes if frame.in_database else files.delete(frame.path)
     with store.transaction():
         store.delete_frames(frame.id for frame in frames)
     report.frames_deleted += len(frames)

@@ -12,7 +12,7 @@ import hashlib
 
 from cloud.db import Database, DatabaseError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS schema_info (version INTEGER NOT NULL);
@@ -95,10 +95,19 @@ CREATE TABLE IF NOT EXISTS frames (
     width INTEGER NOT NULL,
     height INTEGER NOT NULL,
     size_bytes BIGINT NOT NULL,
-    path TEXT NOT NULL UNIQUE
+    path TEXT NOT NULL UNIQUE,
+    stored_in TEXT NOT NULL DEFAULT 'files'
 );
 CREATE INDEX IF NOT EXISTS frames_device_time ON frames (device_id, captured_at);
 CREATE INDEX IF NOT EXISTS frames_result ON frames (result_msg_id);
+CREATE INDEX IF NOT EXISTS frames_received ON frames (received_at);
+-- The JPEG bytes of frames kept in the database (frames.backend = "database"): ingest workers
+-- on several machines and a dashboard elsewhere then share frames without a shared disk.
+-- A table of its own, so listing frames never reads the bytes, and deleting a frame deletes them.
+CREATE TABLE IF NOT EXISTS frame_data (
+    frame_id BIGINT PRIMARY KEY REFERENCES frames (id) ON DELETE CASCADE,
+    jpeg {blob} NOT NULL
+);
 CREATE TABLE IF NOT EXISTS quarantine (
     id {id},
     received_at {real} NOT NULL,
@@ -114,6 +123,7 @@ CREATE INDEX IF NOT EXISTS quarantine_time ON quarantine (received_at);
 # Steps that bring a database of schema version N (the key) to N + 1, run before _DDL.
 _UPGRADES = {
     1: ["ALTER TABLE results ADD COLUMN epoch TEXT", "DROP INDEX IF EXISTS results_device_seq"],
+    2: ["ALTER TABLE frames ADD COLUMN stored_in TEXT NOT NULL DEFAULT 'files'"],
 }
 
 

@@ -47,7 +47,7 @@ def test_the_ingest_creates_it_and_readers_then_open(database_url):  # noqa: F81
 def test_an_older_or_newer_schema_is_refused_by_readers(database_url):  # noqa: F811
     Store(database_url).close()
     set_version(database_url, 1)
-    with pytest.raises(schema.SchemaError, match="older than this code.s 2: run .emq-db migrate"):
+    with pytest.raises(schema.SchemaError, match=f"older than this code.s {schema.SCHEMA_VERSION}: run .emq-db migrate"):
         DashboardStore(database_url)
     set_version(database_url, schema.SCHEMA_VERSION + 1)
     with pytest.raises(schema.SchemaError, match="newer than this code's"):
@@ -65,12 +65,39 @@ def test_a_version_1_database_is_upgraded_in_place(tmp_path):
     store.db.execute("DROP INDEX results_identity")
     store.db.execute("ALTER TABLE results DROP COLUMN epoch")
     store.db.execute("DROP TABLE delivery_marks")
+    make_version_2_frames(store)
     store.db.execute("UPDATE schema_info SET version = 1")
     store.close()
     upgraded = Store(url)
     assert schema.check(upgraded.db) == schema.SCHEMA_VERSION
     assert upgraded.db.query("SELECT epoch, seq FROM results") == [(None, 0)]
     assert upgraded.advance_marks([("cam-a", "e1")]) == {}
+    assert upgraded.db.query("SELECT path, stored_in FROM frames") == [("frames/old.jpg", "files")]
+    upgraded.close()
+
+
+def make_version_2_frames(store):
+    """Schema 2 kept every frame as a file: no stored_in column, no frame_data table."""
+    from cloud.store import NewFrame
+
+    with store.transaction():
+        store.add_frames([NewFrame("cam-a", 0, 0.0, None, 1, 1, 10, "frames/old.jpg")], 0.0)
+    store.db.execute("DROP TABLE frame_data")
+    store.db.execute("DROP INDEX frames_received")
+    store.db.execute("ALTER TABLE frames DROP COLUMN stored_in")
+
+
+def test_a_version_2_database_keeps_its_frames_as_files(tmp_path):
+    url = f"sqlite:///{tmp_path / 'cloud.db'}"
+    store = Store(url)
+    make_version_2_frames(store)
+    store.db.execute("UPDATE schema_info SET version = 2")
+    store.close()
+    upgraded = Store(url)
+    assert schema.check(upgraded.db) == schema.SCHEMA_VERSION
+    frame = upgraded.oldest_frames("cam-a", 10)[0]
+    assert (frame.path, frame.in_database) == ("frames/old.jpg", False)
+    assert upgraded.db.scalar("SELECT COUNT(*) FROM frame_data") == 0
     upgraded.close()
 
 

@@ -171,3 +171,18 @@ def test_stored_files_are_served_only_from_inside_the_data_folder(webui, seeded,
     assert client.get("/media/results/999999/frame").status == 404
     assert client.get("/media/faces/999999/crop").status == 404
     assert os.path.exists(outside)
+
+
+def test_a_frame_kept_in_the_database_is_served_without_the_data_folder(webui, seeded):
+    """frames.backend = "database": the dashboard needs no disk shared with the ingest."""
+    store, entry, other = webui.store, seeded[5], seeded[6]
+    jpeg = b"\xff\xd8\xff\xe0" + b"frame bytes in the database" + b"\xff\xd9"
+    store.db.execute("DELETE FROM frames WHERE result_msg_id IN (?, ?)", (entry.msg_id, other.msg_id))
+    store.add_frame(NewFrame(entry.device, 0, 0.0, entry.msg_id, 640, 360, len(jpeg), "frames/db/kept.jpg", jpeg), 0.0)
+    store.add_frame(NewFrame(other.device, 0, 0.0, other.msg_id, 640, 360, 10, "frames/db/not-a-jpeg.jpg", b"<script>"), 0.0)
+
+    client = HttpSession(webui.url)
+    client.log_in("viewer")
+    served = client.get(f"/media/results/{entry.result_id}/frame")
+    assert served.status == 200 and served.headers["Content-Type"] == "image/jpeg" and served.body == jpeg
+    assert client.get(f"/media/results/{other.result_id}/frame").status == 404  # bytes that are not a JPEG are refused

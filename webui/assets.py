@@ -1,11 +1,11 @@
-"""Media behind the login: stored frames (files, by result id only), face crops (in the store), plotly.js."""
+"""Media behind the login: stored frames (files or database rows, by result id only), face crops (in the store), plotly.js."""
 
 from __future__ import annotations
 
 from flask import Blueprint, Response, abort, send_file
 
 from webui.auth import requires
-from webui.media import PNG_START, MediaUnavailable, image_type, resolve_stored_path
+from webui.media import JPEG_START, PNG_START, MediaUnavailable, image_type, resolve_stored_path
 from webui.services import current_services
 
 blueprint = Blueprint("assets", __name__)
@@ -34,7 +34,18 @@ def result_frame(result_id: int):
     if found is None:
         abort(404, description=f"no result {result_id}")
     frame = store.frame_for_result(found[0].msg_id)
+    if frame is not None and frame.in_database:
+        return send_frame_bytes(store.frame_jpeg(frame.id))
     return send_stored(frame.path if frame else None)
+
+
+def send_frame_bytes(jpeg: bytes | None):
+    """A frame the ingest kept in the database (frames.backend = "database"): no shared disk needed."""
+    if jpeg is None or not jpeg.startswith(JPEG_START):
+        abort(404, description="frame no longer stored (retention may have removed it)")
+    response = Response(jpeg, mimetype="image/jpeg")
+    response.headers["Cache-Control"] = f"private, max-age={MEDIA_MAX_AGE_S}"
+    return response
 
 
 @blueprint.route("/media/faces/<rowid:face_id>/crop")

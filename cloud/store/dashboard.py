@@ -91,6 +91,11 @@ class DashboardStore(CropReader):
             (msg_id, msg_id),
         )
 
+    def frame_jpeg(self, frame_id: int) -> bytes | None:
+        """The bytes of a frame kept in the database (``FrameRow.in_database``); None if gone."""
+        data = self.db.scalar("SELECT jpeg FROM frame_data WHERE frame_id = ?", (frame_id,))
+        return None if data is None else bytes(data)
+
     # == charts ============================================================================
     def emotion_share(self, device_id: str | None, since: float, until: float, bucket_s: int) -> list[tuple[float, str, int]]:
         """(bucket start, label, faces) for a stacked chart of emotions over time."""

@@ -152,20 +152,30 @@ class IngestStore(StorePart):
         return self.add_frames([frame], received_at)
 
     def add_frames(self, frames: list[NewFrame], received_at: float) -> int:
-        """Record frame files; returns how many rows are new (a redelivered frame has the same path)."""
+        """Record frames; returns how many are new (a redelivered frame has the same name and is skipped).
+
+        A frame with ``jpeg`` set keeps its bytes in ``frame_data``, written in
+        the same transaction as its row, so the two never part.
+        """
         created = 0
         for start in range(0, len(frames), _FRAMES_PER_STATEMENT):
             chunk = frames[start:start + _FRAMES_PER_STATEMENT]
-            placeholders = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
+            placeholders = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
             parameters = [value for frame in chunk for value in (
                 frame.device_id, frame.frame_number, frame.captured_at, received_at, frame.result_msg_id,
-                frame.width, frame.height, frame.size_bytes, frame.path)]
-            created += len(self.db.query(
-                "INSERT INTO frames (device_id, frame_number, captured_at, received_at, result_msg_id, width, height, size_bytes, path)"
-                f" VALUES {placeholders} ON CONFLICT (path) DO NOTHING RETURNING id",
+                frame.width, frame.height, frame.size_bytes, frame.path, frame.stored_in)]
+            new_ids = dict(self.db.query(
+                "INSERT INTO frames (device_id, frame_number, captured_at, received_at, result_msg_id, width, height, size_bytes,"
+                f" path, stored_in) VALUES {placeholders} ON CONFLICT (path) DO NOTHING RETURNING path, id",
                 parameters,
             ))
+            kept_bytes = {frame.path: frame.jpeg for frame in chunk if frame.jpeg is not None}  # one per name
+            self._add_frame_bytes([(new_ids[path], jpeg) for path, jpeg in kept_bytes.items() if path in new_ids])
+            created += len(new_ids)
         return created
+
+    def _add_frame_bytes(self, rows: list[tuple[int, bytes]]) -> None:
+        self.db.executemany("INSERT INTO frame_data (frame_id, jpeg) VALUES (?, ?)", rows)
 
     def result_devices(self, msg_ids: Iterable[str]) -> dict[str, str]:
         """msg_id -> device_id of the stored results among ``msg_ids`` (to check a frame's claimed link)."""

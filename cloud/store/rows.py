@@ -90,9 +90,14 @@ class QuarantineRow:
         return cls(**{**columns, "payload_head": bytes(columns["payload_head"])})
 
 
+FRAMES_IN_FILES = "files"
+FRAMES_IN_DATABASE = "database"
+
+
 @dataclass(frozen=True)
 class NewFrame:
-    """A frame file to record; ``path`` is relative to the data folder."""
+    """A frame to record. ``path`` is its unique name relative to the data folder; with
+    ``jpeg`` set the bytes are kept in the database (no shared disk needed), else in that file."""
 
     device_id: str
     frame_number: int
@@ -102,17 +107,35 @@ class NewFrame:
     height: int
     size_bytes: int
     path: str
+    jpeg: bytes | None = None
+
+    @property
+    def stored_in(self) -> str:
+        return FRAMES_IN_FILES if self.jpeg is None else FRAMES_IN_DATABASE
 
 
 @dataclass(frozen=True)
-class FrameRow(NewFrame):
-    """A stored frame: the same record plus its row id."""
+class FrameRow:
+    """A stored frame: where its bytes are (``stored_in``: a file below the data folder, or the database)."""
 
     id: int
+    device_id: str
+    frame_number: int
+    captured_at: float
+    result_msg_id: str | None
+    width: int
+    height: int
+    size_bytes: int
+    path: str
+    stored_in: str
 
     @classmethod
     def from_columns(cls, columns: dict[str, Any]) -> "FrameRow":
         return cls(**columns)
+
+    @property
+    def in_database(self) -> bool:
+        return self.stored_in == FRAMES_IN_DATABASE
 
 
 @dataclass(frozen=True)
