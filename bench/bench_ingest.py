@@ -118,8 +118,9 @@ def build_stream(recorded: Recorded, results: int, frames: int) -> Stream:
     return Stream(payloads, frame_messages)
 
 
-def publish_stream(client: MqttClient, topics: Topics, stream: Stream) -> float:
-    """Publish everything at full speed; returns the start time. Results QoS 1, frames QoS 0 (as the edge does)."""
+def publish_stream(client: MqttClient, topics: Topics, stream: Stream, frame_qos: int = 0) -> float:
+    """Publish everything at full speed; returns the start time. Results QoS 1, frames QoS 0 (as the edge does;
+    QoS 1 when the stream is queued for offline workers, since Mosquitto queues no QoS 0 for them)."""
     started = time.perf_counter()
     every = max(len(stream.results) // max(len(stream.frames), 1), 1)
     frames = iter(stream.frames)
@@ -129,14 +130,22 @@ def publish_stream(client: MqttClient, topics: Topics, stream: Stream) -> float:
         if index % every == 0:
             frame = next(frames, None)
             if frame is not None:
-                client.publish(topics.frame(DEVICE), frame[0], qos=0, user_properties=frame[1], content_type=FRAME_CONTENT_TYPE)
+                delivery = client.publish(topics.frame(DEVICE), frame[0], qos=frame_qos, user_properties=frame[1],
+                                          content_type=FRAME_CONTENT_TYPE)
+                if frame_qos:
+                    deliveries.append(delivery)
     for delivery in deliveries:
         if not delivery.wait(TIMEOUT_S):
             raise RuntimeError("publisher: a result was not acknowledged")
     return started
 
 
-def start_mosquitto_sub(broker: MosquittoProcess, pki: Path, topics: Topics, count: int, log: Path) -> subprocess.Popen:
+def on_cpu(cpu: int | None):
+    """A preexec_fn pinning a child process to one CPU (None: leave it where the scheduler puts it)."""
+    return None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu}))
+
+
+def start_mosquitto_sub(broker: MosquittoProcess, pki: Path, topics: Topics, count: int, log: Path, cpu: int | None = None) -> subprocess.Popen:
     """The stock client, subscribed at QoS 1 and exiting after ``count`` results; returns once its SUBACK arrived."""
     command = [
         "stdbuf", "-oL",  # line-buffered, so its SUBACK line shows up while it runs
@@ -145,7 +154,7 @@ def start_mosquitto_sub(broker: MosquittoProcess, pki: Path, topics: Topics, cou
         "-q", "1", "-t", topics.all_devices(Channel.RESULT), "-C", str(count), "-W", str(int(TIMEOUT_S)),
         "-F", "%m",  # print only the message id: the payloads would cost it more than receiving them
     ]
-    subscriber = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    subscriber = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, preexec_fn=on_cpu(cpu))
     deadline = time.monotonic() + 10
     while "SUBACK" not in log.read_text():
         if time.monotonic() > deadline or subscriber.poll() is not None:
@@ -154,9 +163,10 @@ def start_mosquitto_sub(broker: MosquittoProcess, pki: Path, topics: Topics, cou
     return subscriber
 
 
-def measure_ceiling_alone(broker: MosquittoProcess, pki: Path, topics: Topics, stream: Stream, publisher: MqttClient, work: Path) -> float:
+def measure_ceiling_alone(broker: MosquittoProcess, pki: Path, topics: Topics, stream: Stream, publisher: MqttClient, work: Path,
+                          cpu: int | None = None) -> float:
     """Results/s that mosquitto_sub receives with nothing else subscribed."""
-    subscriber = start_mosquitto_sub(broker, pki, topics, len(stream.results), work / "mosquitto_sub-alone.log")
+    subscriber = start_mosquitto_sub(broker, pki, topics, len(stream.results), work / "mosquitto_sub-alone.log", cpu)
     started = publish_stream(publisher, topics, stream)
     if subscriber.wait(TIMEOUT_S) != 0:
         raise RuntimeError(f"mosquitto_sub failed: {(work / 'mosquitto_sub-alone.log').read_text()[-2000:]}")
@@ -183,10 +193,14 @@ def add_worker_identities(pki: Path, workers: int) -> None:
     registry.save()
 
 
-def start_workers(workers: int, broker: MosquittoProcess, pki: Path, work: Path, database_url: str, data_dir: Path) -> list[subprocess.Popen]:
+def start_workers(workers: int, broker: MosquittoProcess, pki: Path, work: Path, database_url: str, data_dir: Path,
+                  cpu: int | None = None, session: str = "per-run", frames_backend: str = "files") -> list[subprocess.Popen]:
+    """``session``: "per-run" (ends when the worker stops), "keep" (persists: the broker queues for it),
+    "end" (a clean start that ends a kept session)."""
     processes = []
     for index in range(workers):
         log = work / f"ingest-{index}.log"
+        sessions = {"per-run": ("0", "true"), "keep": ("3600", "false"), "end": ("0", "true")}[session]
         env = dict(os.environ)
         env.update({
             "EMQ_INGEST__PKI_DIR": str(pki), "EMQ_INGEST__DATA_DIR": str(data_dir),
@@ -194,12 +208,13 @@ def start_workers(workers: int, broker: MosquittoProcess, pki: Path, work: Path,
             # Each worker is its own broker identity (ingest-1, ingest-2), which is also its client id.
             "EMQ_INGEST__WORKER_NAME": str(index + 1),
             # Sessions end with each run, so a finished run's session does not keep queuing the next run's stream.
-            "EMQ_INGEST__MQTT__SESSION_EXPIRY_S": "0", "EMQ_INGEST__MQTT__CLEAN_START": "true", "EMQ_INGEST__METRICS_PORT": "0",
+            "EMQ_INGEST__MQTT__SESSION_EXPIRY_S": sessions[0], "EMQ_INGEST__MQTT__CLEAN_START": sessions[1], "EMQ_INGEST__METRICS_PORT": "0",
+            "EMQ_INGEST__FRAMES__BACKEND": frames_backend,
         })
-        if workers > 1:
+        if workers > 1 or session != "per-run":
             env["EMQ_INGEST__SHARED_GROUP"] = "bench"
         processes.append(subprocess.Popen([shutil.which("emq-ingest") or str(Path(sys.executable).parent / "emq-ingest")],
-                                          env=env, stdout=log.open("w"), stderr=subprocess.STDOUT))
+                                          env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, preexec_fn=on_cpu(cpu)))
         deadline = time.monotonic() + 30
         while "subscriptions active" not in log.read_text():
             if time.monotonic() > deadline or processes[-1].poll() is not None:
@@ -249,6 +264,57 @@ def measure_ingest(workers: int, broker, pki, topics, stream: Stream, publisher,
             process.wait(30)
 
 
+def wait_all_stored(database_url: str, stream: Stream, started: float, poll_s: float = 0.02) -> float:
+    """Seconds from ``started`` until every result and frame of the stream is in the database."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while count_rows(database_url, "results") < len(stream.results) or count_rows(database_url, "frames") < len(stream.frames):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {count_rows(database_url, 'results')} of {len(stream.results)} stored")
+        time.sleep(poll_s)
+    return time.perf_counter() - started
+
+
+def measure_ingest_pinned(broker, pki, topics, stream: Stream, publisher, database_url: str, work: Path, data_dir: Path, cpu: int) -> float:
+    """Results/s one worker stores with nothing else subscribed, the worker alone on ``cpu``."""
+    processes = start_workers(1, broker, pki, work, database_url, data_dir, cpu=cpu)
+    try:
+        started = publish_stream(publisher, topics, stream)
+        return len(stream.results) / wait_all_stored(database_url, stream, started)
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(30)
+
+
+def measure_drain(workers: int, broker, pki, topics, stream: Stream, publisher, database_url: str, work: Path) -> float:
+    """Results/s ``workers`` store from a stream the broker already holds: the publisher is out of the race.
+
+    The workers subscribe with kept sessions and stop; the whole stream (frames at
+    QoS 1, so they are queued too) then waits in their sessions; they start again and
+    drain it. Timed from the first stored row (start-up excluded) to the last.
+    """
+    def run(session: str) -> list[subprocess.Popen]:
+        return start_workers(workers, broker, pki, work, database_url, work / "drain-data", session=session, frames_backend="database")
+
+    def stop(processes: list[subprocess.Popen]) -> None:
+        for process in processes:
+            process.terminate()
+            process.wait(30)
+
+    stop(run("keep"))
+    publish_stream(publisher, topics, stream, frame_qos=1)
+    processes = run("keep")
+    try:
+        while (first := count_rows(database_url, "results")) == 0:
+            time.sleep(0.005)
+        started = time.perf_counter()
+        elapsed = wait_all_stored(database_url, stream, started, poll_s=0.01)
+        return (len(stream.results) - first) / elapsed
+    finally:
+        stop(processes)
+        stop(run("end"))  # end the kept sessions, so the next run starts with empty queues
+
+
 def postgres_database() -> tuple[str, str] | None:
     try:
         import psycopg
@@ -290,48 +356,116 @@ class Medians:
         self.runs = runs
 
 
-def run_all(args, stream: Stream) -> tuple[float, dict[str, Medians]]:
-    """Every run ``args.repeat`` times, interleaved; the median of each figure."""
+def run_all(args, stream: Stream, postgres_url: str | None) -> tuple[float, dict[str, Medians]]:
+    """Every same-run measurement ``args.repeat`` times, interleaved; the median of each figure."""
     alone: list[float] = []
     samples: dict[str, list[RunFigures]] = {}
     with tempfile.TemporaryDirectory(prefix="emq-bench-") as temporary:
         work = Path(temporary)
-        pki = work / "pki"
-        init_pki(pki, devices=[DEVICE])
-        add_worker_identities(pki, 2)
-        from tests.conftest import free_port
-
-        settings = BrokerSettings(pki_dir=pki, state_dir=work / "broker", bind_address="127.0.0.1", tls_port=free_port(), password_port=None)
-        topics = Topics()
-        postgres = None if args.no_postgres else postgres_database()
+        bench = BenchBroker(work)
         try:
-            with MosquittoProcess(settings) as broker:
-                publisher = MqttClient(pki_mqtt_settings(pki, DEVICE, port=settings.tls_port, client_id="bench-publisher", max_inflight=1000)).start()
-                if not publisher.wait_connected(10):
-                    raise RuntimeError(f"publisher cannot connect: {publisher.last_error}")
-                for repeat in range(args.repeat):
-                    alone.append(measure_ceiling_alone(broker, pki, topics, stream, publisher, work))
-                    print(f"[{repeat + 1}/{args.repeat}] mosquitto_sub alone: {alone[-1]:.0f} results/s", flush=True)
-                    runs = [("sqlite_1_worker", 1, f"sqlite:///{work / f'one-{repeat}.db'}"), ("sqlite_2_workers", 2, f"sqlite:///{work / f'two-{repeat}.db'}")]
-                    if postgres:
-                        clear_postgres(postgres[0])
-                        runs.append(("postgresql_1_worker", 1, postgres[0]))
-                    for name, workers, url in runs:
-                        # A fresh data folder per run, all deleted at the end: deleting a run's
-                        # thousands of frames right before the next makes ext4 step over every
-                        # recently freed inode when it creates files for a minute or so, which
-                        # would be measured as the ingest's cost.
-                        figures = measure_ingest(workers, broker, pki, topics, stream, publisher, url, work, work / f"data-{name}-{repeat}")
-                        samples.setdefault(name, []).append(figures)
-                        print(f"[{repeat + 1}/{args.repeat}] {name}: {figures.stored_results_per_s:.0f} results/s stored,"
-                              f" {figures.stored_frames_per_s:.0f} frames/s; mosquitto_sub in the same run"
-                              f" {figures.ceiling_results_per_s:.0f}/s ({100 * figures.of_ceiling:.0f} %)", flush=True)
-                publisher.stop(announce_stopped=False)
+            for repeat in range(args.repeat):
+                alone.append(measure_ceiling_alone(bench.broker, bench.pki, bench.topics, stream, bench.publisher, work))
+                print(f"[{repeat + 1}/{args.repeat}] mosquitto_sub alone: {alone[-1]:.0f} results/s", flush=True)
+                runs = [("sqlite_1_worker", 1, f"sqlite:///{work / f'one-{repeat}.db'}"), ("sqlite_2_workers", 2, f"sqlite:///{work / f'two-{repeat}.db'}")]
+                if postgres_url:
+                    clear_postgres(postgres_url)
+                    runs.append(("postgresql_1_worker", 1, postgres_url))
+                for name, workers, url in runs:
+                    # A fresh data folder per run, all deleted at the end: deleting a run's
+                    # thousands of frames right before the next makes ext4 step over every
+                    # recently freed inode when it creates files for a minute or so, which
+                    # would be measured as the ingest's cost.
+                    figures = measure_ingest(workers, bench.broker, bench.pki, bench.topics, stream, bench.publisher, url, work,
+                                             work / f"data-{name}-{repeat}")
+                    samples.setdefault(name, []).append(figures)
+                    print(f"[{repeat + 1}/{args.repeat}] {name}: {figures.stored_results_per_s:.0f} results/s stored,"
+                          f" {figures.stored_frames_per_s:.0f} frames/s; mosquitto_sub in the same run"
+                          f" {figures.ceiling_results_per_s:.0f}/s ({100 * figures.of_ceiling:.0f} %)", flush=True)
         finally:
-            if postgres:
-                drop_postgres(postgres[1])
+            bench.close()
     medians = {name: Medians(runs) for name, runs in samples.items()}
     return statistics.median(alone), medians
+
+
+class BenchBroker:
+    """A fresh PKI and broker for one phase, with the publisher connected; CPU affinity is inherited from us."""
+
+    def __init__(self, work: Path) -> None:
+        from tests.conftest import free_port
+
+        self.pki = work / "pki"
+        if not self.pki.exists():
+            init_pki(self.pki, devices=[DEVICE])
+            add_worker_identities(self.pki, 2)
+        settings = BrokerSettings(pki_dir=self.pki, state_dir=work / f"broker-{uuid.uuid4().hex[:6]}", bind_address="127.0.0.1",
+                                  tls_port=free_port(), password_port=None)
+        self.broker = MosquittoProcess(settings).start()
+        self.topics = Topics()
+        self.publisher = MqttClient(pki_mqtt_settings(self.pki, DEVICE, port=settings.tls_port, client_id="bench-publisher", max_inflight=1000)).start()
+        if not self.publisher.wait_connected(10):
+            raise RuntimeError(f"publisher cannot connect: {self.publisher.last_error}")
+
+    def close(self) -> None:
+        self.publisher.stop(announce_stopped=False)
+        self.broker.stop()
+
+
+def run_pinned(args, stream: Stream, postgres: str | None) -> dict[str, list[float]]:
+    """The fair ceiling: mosquitto_sub and the ingest each alone on CPU 1; publisher and broker on CPU 0.
+
+    (PostgreSQL's server is a system service: it runs wherever the scheduler puts it.)
+    """
+    if len(os.sched_getaffinity(0)) < 2:
+        print("pinned runs skipped: they need two CPUs")
+        return {}
+    figures: dict[str, list[float]] = {"mosquitto_sub": [], "sqlite": []}
+    if postgres:
+        figures["postgresql"] = []
+    saved = os.sched_getaffinity(0)
+    cpu_publisher, cpu_consumer = sorted(saved)[:2]
+    os.sched_setaffinity(0, {cpu_publisher})
+    try:
+        with tempfile.TemporaryDirectory(prefix="emq-bench-pinned-") as temporary:
+            work = Path(temporary)
+            bench = BenchBroker(work)
+            try:
+                for repeat in range(args.repeat):
+                    figures["mosquitto_sub"].append(
+                        measure_ceiling_alone(bench.broker, bench.pki, bench.topics, stream, bench.publisher, work, cpu=cpu_consumer))
+                    urls = {"sqlite": f"sqlite:///{work / f'pinned-{repeat}.db'}"}
+                    if postgres:
+                        clear_postgres(postgres)
+                        urls["postgresql"] = postgres
+                    for name, url in urls.items():
+                        figures[name].append(measure_ingest_pinned(bench.broker, bench.pki, bench.topics, stream, bench.publisher, url, work,
+                                                                   work / f"data-pinned-{name}-{repeat}", cpu_consumer))
+                    print(f"[{repeat + 1}/{args.repeat}] pinned alone on CPU {cpu_consumer}: "
+                          + ", ".join(f"{name} {values[-1]:.0f}/s" for name, values in figures.items()), flush=True)
+            finally:
+                bench.close()
+    finally:
+        os.sched_setaffinity(0, saved)
+    return figures
+
+
+def run_drain(args, stream: Stream, postgres: str) -> dict[str, list[float]]:
+    """PostgreSQL with 1 and 2 workers (separate connections) draining a stream the broker already holds."""
+    figures: dict[str, list[float]] = {"1": [], "2": []}
+    with tempfile.TemporaryDirectory(prefix="emq-bench-drain-") as temporary:
+        work = Path(temporary)
+        bench = BenchBroker(work)
+        try:
+            for repeat in range(args.repeat):
+                for workers in (1, 2):
+                    clear_postgres(postgres)
+                    figures[str(workers)].append(measure_drain(workers, bench.broker, bench.pki, bench.topics, stream, bench.publisher,
+                                                               postgres, work))
+                print(f"[{repeat + 1}/{args.repeat}] PostgreSQL draining a held stream: 1 worker {figures['1'][-1]:.0f}/s,"
+                      f" 2 workers {figures['2'][-1]:.0f}/s", flush=True)
+        finally:
+            bench.close()
+    return figures
 
 
 def main() -> int:
@@ -342,30 +476,76 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5, help="runs of each kind; medians are reported (a shared machine is noisy)")
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--only", choices=["same-run", "pinned", "drain"], action="append",
+                        help="run only these phases (default: all three)")
     args = parser.parse_args()
+    phases = set(args.only or ["same-run", "pinned", "drain"])
 
     stream = build_stream(record(args.record_frames), args.results, args.frames)
     print(f"stream: {len(stream.results)} results ({stream.result_bytes / len(stream.results) / 1024:.1f} KiB each), {len(stream.frames)} frames", flush=True)
-    alone, runs = run_all(args, stream)
+    postgres = None if args.no_postgres else postgres_database()
+    document: dict = {"results": args.results, "frames": args.frames, "repeat": args.repeat, "cpus": len(os.sched_getaffinity(0))}
+    try:
+        if "same-run" in phases:
+            document.update(report_same_run(*run_all(args, stream, postgres and postgres[0]), args.repeat))
+        if "pinned" in phases:
+            document["pinned_alone"] = report_pinned(run_pinned(args, stream, postgres and postgres[0]), args.repeat)
+        if "drain" in phases and postgres:
+            document["postgresql_drain"] = report_drain(run_drain(args, stream, postgres[0]), args.repeat)
+    finally:
+        if postgres:
+            drop_postgres(postgres[1])
+    if args.json:
+        args.json.write_text(json.dumps(document, indent=2))
+    return 0
 
-    print(f"\nmedians of {args.repeat} runs each (the ratio is the median of each run's own ratio)")
+
+def report_same_run(alone: float, runs: dict[str, Medians], repeat: int) -> dict:
+    print(f"\nsame run: medians of {repeat} runs each (the ratio is the median of each run's own ratio)")
     print(f"{'run':<22}{'stored results/s':>18}{'frames/s':>10}{'mosquitto_sub, same run':>25}{'of ceiling':>12}")
     for name, figures in runs.items():
         print(f"{name:<22}{figures.stored_results_per_s:>18.0f}{figures.stored_frames_per_s:>10.0f}"
               f"{figures.ceiling_results_per_s:>25.0f}{100 * figures.of_ceiling:>11.0f} %")
     print(f"mosquitto_sub with no ingest running: {alone:.0f} results/s"
           f" (SQLite, 1 worker stores {100 * runs['sqlite_1_worker'].stored_results_per_s / alone:.0f} % of that)")
-    ratio = runs["sqlite_1_worker"].of_ceiling
-    print(f"\nSQLite, 1 worker: {100 * ratio:.0f} % of the same-run ceiling (target >= 80 %): {'PASS' if ratio >= 0.8 else 'FAIL'}")
-    if args.json:
-        document = {
-            "mosquitto_sub_alone_results_per_s": alone,
-            "runs": {name: {"median": {key: value for key, value in vars(figures).items() if key != "runs"},
-                            "each": [dict(vars(run), of_ceiling=run.of_ceiling) for run in figures.runs]}
-                     for name, figures in runs.items()},
-        }
-        args.json.write_text(json.dumps(document, indent=2))
-    return 0
+    for name in ("sqlite_1_worker", "postgresql_1_worker"):
+        if name in runs:
+            ratio = runs[name].of_ceiling
+            print(f"{name}: {100 * ratio:.0f} % of the same-run ceiling (target >= 80 %): {'PASS' if ratio >= 0.8 else 'FAIL'}")
+    return {
+        "mosquitto_sub_alone_results_per_s": alone,
+        "runs": {name: {"median": {key: value for key, value in vars(figures).items() if key != "runs"},
+                        "each": [dict(vars(run), of_ceiling=run.of_ceiling) for run in figures.runs]}
+                 for name, figures in runs.items()},
+    }
+
+
+def report_pinned(figures: dict[str, list[float]], repeat: int) -> dict:
+    if not figures:
+        return {}
+    ceiling = statistics.median(figures["mosquitto_sub"])
+    print(f"\npinned alone (consumer on its own CPU, publisher and broker on the other): medians of {repeat} runs")
+    print(f"mosquitto_sub: {ceiling:.0f} results/s")
+    summary = {"each": figures, "mosquitto_sub_results_per_s": ceiling}
+    for name in ("sqlite", "postgresql"):
+        if name in figures:
+            # each run's own ratio against the ceiling measured just before it
+            ratios = [stored / sub for stored, sub in zip(figures[name], figures["mosquitto_sub"])]
+            ratio = statistics.median(ratios)
+            summary[name] = {"stored_results_per_s": statistics.median(figures[name]), "of_ceiling": ratio}
+            target = " (target >= 80 %)" if name == "sqlite" else ""
+            print(f"{name}, 1 worker: {statistics.median(figures[name]):.0f} results/s = {100 * ratio:.0f} % of the pinned ceiling{target}"
+                  + (f": {'PASS' if ratio >= 0.8 else 'FAIL'}" if name == "sqlite" else ""))
+    return summary
+
+
+def report_drain(figures: dict[str, list[float]], repeat: int) -> dict:
+    one, two = statistics.median(figures["1"]), statistics.median(figures["2"])
+    ratios = [b / a for a, b in zip(figures["1"], figures["2"])]
+    print(f"\nPostgreSQL draining a stream the broker holds (publisher not in the race): medians of {repeat} runs")
+    print(f"1 worker {one:.0f} results/s, 2 workers {two:.0f} results/s: {statistics.median(ratios):.2f}x (target >= 1.5x):"
+          f" {'PASS' if statistics.median(ratios) >= 1.5 else 'FAIL'}")
+    return {"each": figures, "one_worker": one, "two_workers": two, "speed_up": statistics.median(ratios)}
 
 
 if __name__ == "__main__":
