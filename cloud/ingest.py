@@ -353,7 +353,7 @@ class IngestService:
         """
         started = time.perf_counter()
         try:
-            with self.store.transaction():
+            with self.store.db.pipeline(), self.store.transaction():
                 self._write(plan)
         except self.store.db.errors:
             raise  # the database failed, not the messages: retry, acknowledge nothing

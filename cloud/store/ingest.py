@@ -112,37 +112,40 @@ class IngestStore(StorePart):
 
         Computed from the committed results, so every worker's commits count
         (each worker calls this after its own commit; the saved mark only grows).
-        A pair whose seq 0 is not stored yet is left out.
+        A pair whose seq 0 is not stored yet is left out. Two statements per
+        pair, whatever the backlog: the gap is found by the database.
         """
         marks = {}
         for device_id, epoch in epochs:
             mark = self._contiguous_seq(device_id, epoch)
             if mark is None:
                 continue
-            self.db.execute(
+            marks[(device_id, epoch)] = self.db.scalar(
                 "INSERT INTO delivery_marks (device_id, epoch, seq, updated_at) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (device_id, epoch) DO UPDATE SET updated_at = excluded.updated_at,"
-                " seq = CASE WHEN excluded.seq > delivery_marks.seq THEN excluded.seq ELSE delivery_marks.seq END",
+                " seq = CASE WHEN excluded.seq > delivery_marks.seq THEN excluded.seq ELSE delivery_marks.seq END"
+                " RETURNING seq",
                 (device_id, epoch, mark, at or time.time()),
             )
-            marks[(device_id, epoch)] = self.delivery_mark(device_id, epoch)
         return marks
 
-    def _contiguous_seq(self, device_id: str, epoch: str, chunk: int = 2000) -> int | None:
-        """Walk the stored seqs upwards from the saved mark until the first gap."""
-        mark = self.delivery_mark(device_id, epoch)
-        mark = -1 if mark is None else mark
-        while True:
-            seqs = [row[0] for row in self.db.query(
-                "SELECT seq FROM results WHERE device_id = ? AND epoch = ? AND seq > ? ORDER BY seq LIMIT ?",
-                (device_id, epoch, mark, chunk),
-            )]
-            for seq in seqs:
-                if seq != mark + 1:
-                    return mark if mark >= 0 else None
-                mark = seq
-            if len(seqs) < chunk:
-                return mark if mark >= 0 else None
+    def _contiguous_seq(self, device_id: str, epoch: str) -> int | None:
+        """The end of the run of stored seqs that starts right after the saved mark (at 0 without one).
+
+        The first stored seq above the saved mark whose successor is missing,
+        provided the one right after the mark is stored; otherwise the saved
+        mark itself. ``ORDER BY … LIMIT 1`` on the (device, epoch, seq) index
+        stops at the first gap, so a long backlog behind a gap costs nothing.
+        """
+        saved = "COALESCE((SELECT m.seq FROM delivery_marks m WHERE m.device_id = ? AND m.epoch = ?), -1)"
+        found = self.db.query(
+            f"SELECT r.seq FROM results r WHERE r.device_id = ? AND r.epoch = ? AND r.seq > {saved}"
+            f" AND EXISTS (SELECT 1 FROM results y WHERE y.device_id = r.device_id AND y.epoch = r.epoch AND y.seq = {saved} + 1)"
+            " AND NOT EXISTS (SELECT 1 FROM results x WHERE x.device_id = r.device_id AND x.epoch = r.epoch AND x.seq = r.seq + 1)"
+            " ORDER BY r.seq LIMIT 1",
+            (device_id, epoch) * 3,
+        )
+        return found[0][0] if found else self.delivery_mark(device_id, epoch)
 
     def delivery_mark(self, device_id: str, epoch: str) -> int | None:
         return self.db.scalar("SELECT seq FROM delivery_marks WHERE device_id = ? AND epoch = ?", (device_id, epoch))
