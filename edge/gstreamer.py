@@ -235,6 +235,7 @@ class LaunchedPipeline:
         except OSError as error:
             raise PipelineError(f"cannot start {arguments[0]}: {error} (install gstreamer1.0-tools)") from None
         self._stdout = self.process.stdout.fileno()
+        self.timed_out = False  # whether the last read_exactly gave up waiting (rather than hit the end)
         self._stderr_reader = threading.Thread(target=self._log_stderr, name=f"gst-stderr-{self.pid}", daemon=True)
         self._stderr_reader.start()
 
@@ -257,10 +258,12 @@ class LaunchedPipeline:
         view = memoryview(buffer)
         filled = 0
         deadline = time.monotonic() + timeout
+        self.timed_out = False
         while filled < size:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not select.select([self._stdout], [], [], remaining)[0]:
                 log.warning("%s: no complete frame within %.1f s", self.description, timeout)
+                self.timed_out = True
                 return None
             count = os.readv(self._stdout, [view[filled:]])
             if count == 0:
@@ -281,7 +284,7 @@ class LaunchedPipeline:
         """Why no frame came: GStreamer's own error text and the exit code (waits a little for both)."""
         code = self.exit_code(wait_s)
         if code is not None:
-            self._stderr_reader.join(wait_s)  # the last lines, written just before the exit
+            self._stderr_reader.join(KILL_WAIT_S)  # the last lines, written just before the exit
         text = error_summary(list(self.stderr_lines)) or "no error text"
         status = "is still running" if code is None else f"exited with code {code}"
         return f"gst-launch-1.0 {status}: {text}"

@@ -284,7 +284,7 @@ class GstLaunchSource(FrameSource):
         log.info("%s: gst-launch pid %d: %s", name, self._child.pid, redact_pipeline(text))
         first = self._read_frame_within(settings.open_timeout_s)
         if first is None:
-            reason = self._child.failure()
+            reason = self._child.failure(0 if self._child.timed_out else END_WAIT_S)
             self._child.stop()
             raise SourceError(f"{name}: no frame from the pipeline; {reason}")
         self._pending: np.ndarray | None = first
@@ -304,8 +304,8 @@ class GstLaunchSource(FrameSource):
             return frame
         frame = self._read_frame_within(self._read_timeout_s)
         # A pipeline at its end of stream exits 0; anything else is worth GStreamer's own words.
-        if frame is None and self._child.exit_code(END_WAIT_S) != 0:
-            log.warning("%s: the pipeline stopped delivering frames; %s", self.name, self._child.failure(END_WAIT_S))
+        if frame is None and not self._child.timed_out and self._child.exit_code(END_WAIT_S) != 0:
+            log.warning("%s: the pipeline stopped delivering frames; %s", self.name, self._child.failure(0))
         return frame
 
     def close(self) -> None:
