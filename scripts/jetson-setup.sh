@@ -196,7 +196,8 @@ python_is_new_enough() {
 # An installed Python >= 3.10 under the root, newest first; empty if none.
 find_python() {
   local candidate
-  for candidate in "$ROOT"/usr/bin/python3.{13,12,11,10} "$ROOT"/usr/local/bin/python3.{13,12,11,10} "$ROOT"/opt/python*/bin/python3; do
+  for candidate in "$ROOT$PREFIX/python/bin/python3" "$ROOT"/usr/bin/python3.{13,12,11,10} \
+    "$ROOT"/usr/local/bin/python3.{13,12,11,10} "$ROOT"/opt/python*/bin/python3; do
     if [[ -x "$candidate" ]] && python_is_new_enough "$candidate"; then
       echo "$candidate"
       return
@@ -386,14 +387,18 @@ main() {
   [[ "$JETPACK" != 4.x ]] || log "warning: L4T $L4T is not a JetPack 4.6 release (32.6.1-32.7.x): untested"
   ((DRY_RUN)) && log "dry run: nothing is changed"
   install_system_packages
-  provide_python "${JETPACK%%.*}"
+  if ((SKIP_VENV)) || [[ -x "$ROOT$PREFIX/venv/bin/python" ]]; then
+    log "Python: the virtualenv's own ($PREFIX/venv)"
+  else
+    provide_python "${JETPACK%%.*}"
+  fi
   create_service_user
   create_virtualenv
   install_certificates
   install_models
   install_config
+  check_installation   # before the unit starts the agent with this config
   install_unit
-  check_installation
   log "done: journalctl -u emq-edge -f"
 }
 

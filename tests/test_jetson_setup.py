@@ -181,3 +181,14 @@ def test_a_run_under_a_root_writes_what_the_agent_accepts(tmp_path, pki_dir):
     assert again.returncode == 0, again.stderr
     assert "max_fps = 5" in config_path.read_text()
     assert "max_fps = 10" in (etc / "edge.toml.new").read_text()
+
+
+def test_a_rerun_with_its_virtualenv_needs_no_new_python(tmp_path, pki_dir):
+    root = fake_jetson(tmp_path / "root", RELEASE_LINES["4.6.1"])
+    venv_bin = root / "opt" / "emotion-mqtt" / "venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "python").symlink_to(sys.executable)
+    completed = run_setup(root, "--dry-run", *setup_arguments(pki_dir))
+    assert completed.returncode == 0, completed.stderr
+    assert "Python: the virtualenv's own" in completed.stdout and " -m venv " not in completed.stdout
+    assert f"{venv_bin}/python -m pip install" in completed.stdout  # the package is still upgraded
