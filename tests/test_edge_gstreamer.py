@@ -12,6 +12,7 @@ import subprocess
 
 import pytest
 
+from edge.cli import EXIT_SOURCE  # 4: the source cannot be opened or has no readable frame
 from tests.conftest import WAIT_S, console_script, media_file, subscribe_and_wait, wait_until
 from tests.edge_helpers import agent_env, assert_complete_once, start_agent, unique_results
 from tests.test_gstreamer import child_gone
@@ -19,7 +20,6 @@ from tests.test_gstreamer import child_gone
 pytestmark = pytest.mark.skipif(
     shutil.which("gst-launch-1.0") is None, reason="gst-launch-1.0 missing: apt-get install gstreamer1.0-tools"
 )
-EXIT_SOURCE = 4  # edge/cli.py: the source cannot be opened or has no readable frame
 CHILD_PID = re.compile(r"gst-launch pid (\d+)")
 
 
