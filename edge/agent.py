@@ -44,7 +44,7 @@ from edge.model_updates import ModelUpdates
 from edge.outbox import Outbox, OutboxLimits
 from edge.perception.codec import encode_jpeg, encode_png
 from edge.perception.pipeline import FaceResult, FrameAnalysis, PerceptionPipeline
-from edge.sources import CameraSource, FrameSource, GStreamerSource, SourceError, StreamSource, open_source
+from edge.sources import CameraSource, FrameSource, SourceError, StreamSource, open_source
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class Counters:
 
 def is_live(source: FrameSource) -> bool:
     """Live sources drop frames they cannot keep up with; files wait instead."""
-    return isinstance(source, (CameraSource, StreamSource, GStreamerSource))
+    return isinstance(source, (CameraSource, StreamSource)) or getattr(source, "live", False)
 
 
 def to_contract_face(face: FaceResult, frame_width: int, frame_height: int, include_crop: bool) -> Face:
@@ -176,6 +176,7 @@ class EdgeAgent:
         return open_source(
             settings.spec, loop=settings.loop, pace=settings.pace, image_fps=settings.image_fps,
             camera_width=settings.camera_width, camera_height=settings.camera_height, camera_fps=settings.camera_fps,
+            gstreamer=settings.gstreamer, csi=settings.csi,
         )
 
     def stop(self) -> None:

@@ -4,7 +4,7 @@ Minimal config for a device provisioned with ``emq-pki add cam-1``::
 
     device_id = "cam-1"
     [source]
-    spec = "0"              # camera 0; or a file, rtsp://…, gst:…, a folder
+    spec = "0"              # camera 0; or a file, rtsp://…, gst:…, csi (Jetson CSI camera), a folder
     [mqtt]
     host = "broker.example.org"
 
@@ -14,6 +14,7 @@ shows the effective values.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -28,14 +29,76 @@ ENV_PREFIX = "EMQ_EDGE__"
 COMMANDS = ("pause", "resume", "set_fps", "snapshot", "rollback_model", "ping")
 
 
+CSI_SPEC = re.compile(r"^csi(?::(\d+))?$")
+MAX_SENSOR_ID = 7
+
+
+class GStreamerSettings(StrictSettings):
+    """How ``gst:`` pipelines and the ``csi`` camera run, and the frame size they deliver."""
+
+    backend: Literal["auto", "subprocess", "opencv"] = Field(
+        default="auto",
+        description="'subprocess': a gst-launch-1.0 child writes raw frames to a pipe (any OpenCV, e.g. pip's); "
+        "'opencv': cv2.CAP_GSTREAMER (needs an OpenCV built with GStreamer); 'auto': opencv where it has GStreamer, else subprocess.",
+    )
+    width: Annotated[int, Field(ge=16, le=8192)] = Field(
+        default=640, description="Frame width when a 'gst:' pipeline does not end with caps giving width and height."
+    )
+    height: Annotated[int, Field(ge=16, le=8192)] = Field(default=480, description="Frame height, likewise.")
+    launcher: str = Field(default="gst-launch-1.0", min_length=1, description="gst-launch program (name on PATH or a path).")
+    open_timeout_s: Annotated[float, Field(gt=0, le=300)] = Field(
+        default=20.0, description="How long the first frame may take (a CSI camera needs a few seconds to start)."
+    )
+    read_timeout_s: Annotated[float, Field(gt=0, le=300)] = Field(
+        default=5.0, description="A pipeline silent this long is restarted (with the same backoff as a camera)."
+    )
+
+
+class CsiSettings(StrictSettings):
+    """The Jetson CSI camera of ``source.spec = "csi"`` (or ``"csi:N"``, sensor N): nvarguscamerasrc."""
+
+    sensor_id: Annotated[int, Field(ge=0, le=MAX_SENSOR_ID)] = Field(default=0, description="Camera port; 'csi:N' overrides it.")
+    sensor_mode: Annotated[int, Field(ge=0, le=31)] | None = Field(
+        default=None, description="Sensor mode (`gst-inspect-1.0 nvarguscamerasrc`, the camera's mode table); None: chosen from width/height/fps."
+    )
+    width: Annotated[int, Field(ge=16, le=8192)] = Field(default=1280, description="Capture width (a size the sensor mode delivers).")
+    height: Annotated[int, Field(ge=16, le=8192)] = Field(default=720, description="Capture height.")
+    fps: Annotated[int, Field(ge=1, le=240)] = Field(default=30, description="Capture frame rate.")
+    flip_method: Annotated[int, Field(ge=0, le=7)] = Field(
+        default=0, description="nvvidconv flip-method: 0 none, 1 rotate 90 counter-clockwise, 2 rotate 180, 3 rotate 90 clockwise, "
+        "4 horizontal flip, 5 upper-right diagonal, 6 vertical flip, 7 upper-left diagonal.",
+    )
+    output_width: Annotated[int, Field(ge=16, le=8192)] | None = Field(default=None, description="Scale to this width on the GPU (nvvidconv); None: capture width.")
+    output_height: Annotated[int, Field(ge=16, le=8192)] | None = Field(default=None, description="Scale to this height; set both or neither.")
+
+    @model_validator(mode="after")
+    def _output_size_complete(self) -> "CsiSettings":
+        if (self.output_width is None) != (self.output_height is None):
+            raise ValueError("set both output_width and output_height, or neither")
+        return self
+
+
 class SourceSettings(StrictSettings):
-    spec: str = Field(default="0", description="Camera index, video file, rtsp:// or http(s):// URL, 'gst:<pipeline>', image folder or file.")
+    spec: str = Field(default="0", description="Camera index, video file, rtsp:// or http(s):// URL, 'gst:<pipeline>', 'csi' or 'csi:<sensor id>', image folder or file.")
     loop: bool = Field(default=False, description="Repeat files, folders and images forever.")
     pace: bool = Field(default=False, description="Play video files at their own frame rate instead of as fast as possible.")
     image_fps: Annotated[float, Field(gt=0, le=120)] | None = Field(default=None, description="Rate for image folders/files.")
     camera_width: Annotated[int, Field(gt=0)] | None = None
     camera_height: Annotated[int, Field(gt=0)] | None = None
     camera_fps: Annotated[float, Field(gt=0)] | None = None
+    gstreamer: GStreamerSettings = Field(default_factory=GStreamerSettings)
+    csi: CsiSettings = Field(default_factory=CsiSettings)
+
+    @model_validator(mode="after")
+    def _csi_spec_is_well_formed(self) -> "SourceSettings":
+        text = self.spec.strip()
+        if text == "csi" or text.startswith("csi:"):
+            match = CSI_SPEC.match(text)
+            if match is None:
+                raise ValueError(f"spec {text!r}: expected 'csi' or 'csi:<sensor id>' (a file named so: 'file:{text}')")
+            if match.group(1) is not None and int(match.group(1)) > MAX_SENSOR_ID:
+                raise ValueError(f"spec {text!r}: sensor id must be 0..{MAX_SENSOR_ID}")
+        return self
 
 
 class ModelSettings(StrictSettings):

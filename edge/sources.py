@@ -13,7 +13,8 @@ the input (a live camera or stream ends when it stops delivering frames).
 =====================================  =======================================
 ``0``, ``camera:1``                    camera index (V4L2 on Linux)
 ``rtsp://...``, ``http(s)://...``      network stream (FFmpeg backend)
-``gst:<pipeline>``, ``... ! appsink``  GStreamer pipeline (Jetson CSI camera)
+``gst:<pipeline>``, ``... ! appsink``  GStreamer pipeline (see ``edge.gstreamer``)
+``csi``, ``csi:1``                     Jetson CSI camera (nvarguscamerasrc), sensor 0 or 1
 a directory                            its .jpg/.jpeg/.png images, sorted by name
 an image file                          that image (once, or forever with loop)
 any other file, ``file:<path>``        a video file
@@ -34,6 +35,20 @@ from urllib.parse import urlsplit, urlunsplit
 import cv2
 import numpy as np
 
+from edge.config import CSI_SPEC, CsiSettings, GStreamerSettings
+from edge.gstreamer import (
+    FDSINK,
+    OPENCV_SINK,
+    FramePipeline,
+    LaunchedPipeline,
+    PipelineError,
+    csi_pipeline,
+    element_name,
+    frame_pipeline,
+    launch_arguments,
+    redact_pipeline,
+)
+
 log = logging.getLogger(__name__)
 
 Frame = tuple[int, datetime, np.ndarray]
@@ -43,6 +58,7 @@ STREAM_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "http", "https", "udp", "tc
 CAMERA_SPEC = re.compile(r"^(?:camera:)?(\d+)$")
 GSTREAMER_PREFIX = "gst:"
 FILE_PREFIX = "file:"
+END_WAIT_S = 1.0  # how long a gst-launch child that closed its output may take to exit
 
 
 class SourceError(RuntimeError):
@@ -226,16 +242,76 @@ class StreamSource(_CaptureSource):
 
 
 class GStreamerSource(_CaptureSource):
-    """A GStreamer pipeline ending in ``appsink`` (needs an OpenCV built with GStreamer, as on JetPack)."""
+    """A GStreamer pipeline read by OpenCV's GStreamer backend (needs an OpenCV built with GStreamer)."""
 
-    def __init__(self, pipeline: str) -> None:
+    live = True
+
+    def __init__(self, pipeline: str, name: str | None = None) -> None:
         if not gstreamer_available():
             raise SourceError(
-                "this OpenCV build has no GStreamer support (pip's opencv-python wheels do not); "
-                "on a Jetson use JetPack's python3-opencv"
+                "this OpenCV build has no GStreamer support (pip's opencv-python wheels do not): "
+                "set source.gstreamer.backend = \"subprocess\" (or \"auto\")"
             )
-        first_element = pipeline.split("!", 1)[0].strip() or "pipeline"
-        super().__init__(cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER), f"gstreamer:{first_element}")
+        self.name = name or f"gst:{element_name(pipeline)}"
+        super().__init__(cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER), self.name)
+
+
+class GstLaunchSource(FrameSource):
+    """A GStreamer pipeline run by a ``gst-launch-1.0`` child; raw BGR frames read from its stdout.
+
+    Works with any OpenCV (pip's has no GStreamer). The pipeline must end in
+    ``video/x-raw,format=BGR,width=W,height=H`` (``edge.gstreamer.frame_pipeline``
+    makes it so); each frame is exactly W*H*3 bytes of the pipe. The first frame is
+    read at construction (within ``open_timeout_s``), so a pipeline that fails raises
+    ``SourceError`` with GStreamer's own error text. Later, a pipeline that ends or is
+    silent for ``read_timeout_s`` ends the iteration (the agent reopens live sources).
+    Closing stops the child and reaps it.
+    """
+
+    live = True
+
+    def __init__(self, pipeline: FramePipeline, settings: GStreamerSettings, name: str) -> None:
+        super().__init__()
+        self.name = self.description = name
+        self.pipeline = pipeline
+        self.frame_shape = (pipeline.height, pipeline.width, 3)
+        self._read_timeout_s = settings.read_timeout_s
+        text = pipeline.with_sink(FDSINK)
+        try:
+            self._child = LaunchedPipeline(launch_arguments(settings.launcher, text), name)
+        except PipelineError as error:
+            raise SourceError(f"{name}: {error}") from None
+        log.info("%s: gst-launch pid %d: %s", name, self._child.pid, redact_pipeline(text))
+        first = self._read_frame_within(settings.open_timeout_s)
+        if first is None:
+            reason = self._child.failure(0 if self._child.timed_out else END_WAIT_S)
+            self._child.stop()
+            raise SourceError(f"{name}: no frame from the pipeline; {reason}")
+        self._pending: np.ndarray | None = first
+
+    @property
+    def pid(self) -> int:
+        """The gst-launch child's process id (for tests and operators)."""
+        return self._child.pid
+
+    def _read_frame_within(self, timeout_s: float) -> np.ndarray | None:
+        data = self._child.read_exactly(self.pipeline.frame_bytes, timeout_s)
+        return None if data is None else np.frombuffer(data, np.uint8).reshape(self.frame_shape)
+
+    def _read_frame(self) -> np.ndarray | None:
+        if self._pending is not None:
+            frame, self._pending = self._pending, None
+            return frame
+        frame = self._read_frame_within(self._read_timeout_s)
+        # A pipeline at its end of stream exits 0; anything else is worth GStreamer's own words.
+        if frame is None and not self._child.timed_out and self._child.exit_code(END_WAIT_S) != 0:
+            log.warning("%s: the pipeline stopped delivering frames; %s", self.name, self._child.failure(0))
+        return frame
+
+    def close(self) -> None:
+        if not self._closed:
+            self._child.stop()
+        super().close()
 
 
 class ImageFolderSource(FrameSource):
@@ -329,16 +405,37 @@ def gstreamer_available() -> bool:
     return False
 
 
-def jetson_csi_pipeline(
-    sensor_id: int = 0, width: int = 1280, height: int = 720, fps: int = 30, flip_method: int = 0
-) -> str:
-    """GStreamer pipeline for a Jetson CSI camera (nvarguscamerasrc) delivering BGR frames to OpenCV."""
-    return (
-        f"nvarguscamerasrc sensor-id={sensor_id} ! "
-        f"video/x-raw(memory:NVMM), width={width}, height={height}, framerate={fps}/1, format=NV12 ! "
-        f"nvvidconv flip-method={flip_method} ! video/x-raw, format=BGRx ! "
-        "videoconvert ! video/x-raw, format=BGR ! appsink drop=true max-buffers=1"
-    )
+def gstreamer_backend(settings: GStreamerSettings) -> str:
+    """'opencv' or 'subprocess': what ``auto`` means on this machine."""
+    if settings.backend != "auto":
+        return settings.backend
+    return "opencv" if gstreamer_available() else "subprocess"
+
+
+def open_gstreamer(text: str, settings: GStreamerSettings | None = None) -> FrameSource:
+    """A ``gst:`` pipeline (without the prefix), on the backend the settings choose."""
+    settings = settings or GStreamerSettings()
+    try:
+        pipeline, sink = frame_pipeline(text, settings.width, settings.height)
+    except PipelineError as error:
+        raise SourceError(f"gst pipeline {redact_pipeline(text)!r}: {error}") from None
+    name = f"gst:{element_name(pipeline.elements[0])}"
+    if gstreamer_backend(settings) == "opencv":
+        opencv_sink = sink if sink and element_name(sink) == "appsink" else OPENCV_SINK
+        return GStreamerSource(pipeline.with_sink(opencv_sink), name)
+    return GstLaunchSource(pipeline, settings, name)
+
+
+def open_csi_camera(
+    sensor_id: int | None = None, csi: CsiSettings | None = None, settings: GStreamerSettings | None = None
+) -> FrameSource:
+    """The Jetson CSI camera ``sensor_id`` (default ``csi.sensor_id``) through nvarguscamerasrc."""
+    csi, settings = csi or CsiSettings(), settings or GStreamerSettings()
+    pipeline = csi_pipeline(csi, sensor_id)
+    name = f"csi:{csi.sensor_id if sensor_id is None else sensor_id}"
+    if gstreamer_backend(settings) == "opencv":
+        return GStreamerSource(pipeline.with_sink(OPENCV_SINK), name)
+    return GstLaunchSource(pipeline, settings, name)
 
 
 def _camera_backend() -> int:
@@ -366,12 +463,15 @@ def open_source(
     camera_width: int | None = None,
     camera_height: int | None = None,
     camera_fps: float | None = None,
+    gstreamer: GStreamerSettings | None = None,
+    csi: CsiSettings | None = None,
 ) -> FrameSource:
     """Open the frame source that ``spec`` names (see the module docstring for the forms).
 
     ``loop`` repeats files, folders and single images; ``pace`` plays video
     files at their frame rate (default: as fast as they decode);
-    ``image_fps`` paces folders and single images. Raises ``SourceError``
+    ``image_fps`` paces folders and single images; ``gstreamer`` and ``csi``
+    configure ``gst:`` pipelines and the CSI camera. Raises ``SourceError``
     when the source cannot be opened.
     """
     if isinstance(spec, int):
@@ -382,10 +482,14 @@ def open_source(
     camera = CAMERA_SPEC.match(text)
     if camera:
         return CameraSource(int(camera.group(1)), camera_width, camera_height, camera_fps)
+    csi_camera = CSI_SPEC.match(text)
+    if csi_camera:
+        sensor = csi_camera.group(1)
+        return open_csi_camera(None if sensor is None else int(sensor), csi, gstreamer)
     if text.startswith(GSTREAMER_PREFIX):
-        return GStreamerSource(text[len(GSTREAMER_PREFIX) :].strip())
+        return open_gstreamer(text[len(GSTREAMER_PREFIX) :].strip(), gstreamer)
     if "!" in text and "appsink" in text:
-        return GStreamerSource(text)
+        return open_gstreamer(text, gstreamer)
     if urlsplit(text).scheme.lower() in STREAM_SCHEMES:
         return StreamSource(text)
     path = Path(text[len(FILE_PREFIX) :] if text.startswith(FILE_PREFIX) else text).expanduser()

@@ -15,6 +15,8 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
 sudo_if_needed() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 
+gst_plugin_missing() { ! command -v gst-inspect-1.0 >/dev/null || ! gst-inspect-1.0 --exists "$1"; }
+
 install_system_packages() {
   local missing=()
   command -v mosquitto >/dev/null || [[ -x /usr/sbin/mosquitto ]] || missing+=(mosquitto)
@@ -25,6 +27,11 @@ install_system_packages() {
   if ((WITH_TESTS)); then
     [[ -x /usr/bin/chromium ]] || missing+=(chromium)
     [[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] || missing+=(fonts-dejavu-core)
+    # gst: sources run gst-launch-1.0 (videotestsrc, decodebin, imagefreeze); shellcheck checks our scripts.
+    command -v gst-launch-1.0 >/dev/null || missing+=(gstreamer1.0-tools)
+    gst_plugin_missing videotestsrc && missing+=(gstreamer1.0-plugins-base)
+    gst_plugin_missing imagefreeze && missing+=(gstreamer1.0-plugins-good)
+    command -v shellcheck >/dev/null || missing+=(shellcheck)
   fi
   if ((${#missing[@]})); then
     log "installing system packages: ${missing[*]}"

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edge.config import GStreamerSettings
 from edge.sources import (
     CameraSource,
     FramePacer,
@@ -18,7 +19,6 @@ from edge.sources import (
     SourceError,
     VideoFileSource,
     gstreamer_available,
-    jetson_csi_pipeline,
     open_source,
     redact_url,
 )
@@ -144,15 +144,12 @@ def test_redact_url() -> None:
     assert redact_url("rtsp://camera.local/stream") == "rtsp://camera.local/stream"
 
 
-def test_gstreamer_pipeline_spec() -> None:
-    pipeline = jetson_csi_pipeline(sensor_id=1, width=640, height=480, fps=15)
-    assert pipeline.startswith("nvarguscamerasrc sensor-id=1 !")
-    assert pipeline.endswith("appsink drop=true max-buffers=1")
-    assert "width=640, height=480, framerate=15/1" in pipeline
+def test_gstreamer_pipeline_through_opencv_needs_a_gstreamer_opencv() -> None:
+    # The subprocess path, which needs no GStreamer in OpenCV, is tested in tests/test_gstreamer.py.
     if gstreamer_available():
         pytest.skip("this OpenCV has GStreamer: the no-support error cannot be checked here")
     with pytest.raises(SourceError, match="GStreamer"):
-        open_source("gst:" + pipeline)
+        open_source("gst:videotestsrc ! appsink", gstreamer=GStreamerSettings(backend="opencv"))
     with pytest.raises(SourceError, match="GStreamer"):
         GStreamerSource("videotestsrc ! appsink")
 
