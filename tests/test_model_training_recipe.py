@@ -1,0 +1,108 @@
+"""The base-model recipe: random erasing, mixup, label smoothing, the cosine schedule, a target accuracy
+that ends the run, and a run that resumes after being killed. Small and fast (a few hundred faces)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow", reason="training needs the 'train' extra (tensorflow-cpu, keras)")
+
+import tensorflow as tf
+
+from models.training import (
+    TrainingSettings,
+    erase_random_rectangles,
+    learning_rate_schedule,
+    mix_up,
+    train,
+    training_dataset,
+)
+from models.training.callbacks import _ProgressLog
+from tests.test_model_training import fer2013, pretrained_keras  # noqa: F401 (fixtures)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"),
+]
+
+
+def faces_batch(count: int = 16, seed: int = 0) -> tf.Tensor:
+    return tf.constant(np.random.default_rng(seed).uniform(-1, 1, (count, 64, 64, 1)).astype(np.float32))
+
+
+def test_random_erasing_changes_one_bounded_rectangle_per_chosen_face_and_is_seeded() -> None:
+    faces = tf.zeros((32, 64, 64, 1))
+    erased = erase_random_rectangles(faces, tf.constant([1, 2]), probability=1.0).numpy()
+    again = erase_random_rectangles(faces, tf.constant([1, 2]), probability=1.0).numpy()
+    assert np.array_equal(erased, again)
+    changed = (erased != 0).reshape(32, -1).mean(axis=1)
+    assert changed.min() > 0.01 and changed.max() <= 0.26  # 2-25 % of the face
+    rows, columns = np.nonzero(erased[0, :, :, 0])
+    assert (rows.max() - rows.min() + 1) * (columns.max() - columns.min() + 1) == len(rows)  # one rectangle
+    untouched = erase_random_rectangles(faces, tf.constant([1, 2]), probability=0.0).numpy()
+    assert not untouched.any()
+
+
+def test_mixup_keeps_each_face_mostly_itself_and_targets_summing_to_one() -> None:
+    faces = faces_batch()
+    targets = tf.one_hot(np.arange(16) % 7, 7)
+    mixed_faces, mixed_targets = mix_up(faces, targets, tf.constant([3, 4]), alpha=0.4)
+    mixed_targets = mixed_targets.numpy()
+    assert np.allclose(mixed_targets.sum(axis=1), 1.0)
+    own = mixed_targets[np.arange(16), np.arange(16) % 7]
+    assert own.min() >= 0.5 - 1e-6  # the own label keeps at least half the weight
+    assert not np.allclose(mixed_faces.numpy(), faces.numpy())
+
+
+def test_one_hot_batches_for_label_smoothing_and_mixup(fer2013) -> None:  # noqa: F811
+    dataset = training_dataset(fer2013.x_train, fer2013.y_train, 32, seed=1, augment=True, random_erasing=0.5, mixup_alpha=0.2)
+    faces, targets = next(iter(dataset))
+    assert faces.shape == (32, 64, 64, 1) and targets.shape == (32, 7)
+    assert np.allclose(targets.numpy().sum(axis=1), 1.0)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero() -> None:
+    settings = TrainingSettings(epochs=10, learning_rate=1e-3, schedule="cosine", warmup_epochs=1)
+    schedule = learning_rate_schedule(settings, steps_per_epoch=100)
+    rates = [float(schedule(step)) for step in (0, 100, 550, 999)]
+    assert rates[0] < 1e-4 and abs(rates[1] - 1e-3) < 1e-6  # warm-up reaches the peak after one epoch
+    assert rates[1] > rates[2] > rates[3] and rates[3] < 1e-5
+    assert learning_rate_schedule(TrainingSettings(learning_rate=2e-4), 100) == 2e-4
+
+
+def test_bad_recipe_settings_are_refused() -> None:
+    for bad in ({"label_smoothing": 1.0}, {"mixup_alpha": -1}, {"random_erasing": 1.5}, {"schedule": "step"},
+                {"warmup_epochs": 10, "epochs": 10}, {"target_accuracy": 0.0}):
+        with pytest.raises(ValueError):
+            TrainingSettings(**bad)
+
+
+def test_a_reached_target_accuracy_ends_the_run(fer2013, pretrained_keras) -> None:  # noqa: F811
+    settings = TrainingSettings(epochs=5, time_budget_s=120, target_accuracy=0.3, label_smoothing=0.1)
+    run = train(fer2013, settings=settings, start_from=pretrained_keras, progress=None)
+    assert run.stopped_reason == "target" and run.epochs_run == 1  # the pretrained model is above 30 % at once
+    assert run.summary()["settings"]["target_accuracy"] == 0.3
+
+
+def test_a_killed_run_resumes_from_its_last_epoch(fer2013, pretrained_keras, tmp_path, monkeypatch) -> None:  # noqa: F811
+    settings = TrainingSettings(epochs=3, time_budget_s=300, checkpoint_dir=tmp_path / "checkpoint")
+    original = _ProgressLog.on_epoch_end
+
+    def killed_after_the_second_epoch(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 1:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(_ProgressLog, "on_epoch_end", killed_after_the_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(fer2013, settings=settings, start_from=pretrained_keras, progress=None)
+    assert (tmp_path / "checkpoint" / "early-stopping.json").exists()
+    monkeypatch.setattr(_ProgressLog, "on_epoch_end", original)
+
+    lines: list[str] = []
+    resumed = train(fer2013, settings=settings, start_from=pretrained_keras, progress=lines.append)
+    assert resumed.epochs_run == 1  # only the third epoch was left
+    assert any(line.startswith("epoch 3/3") for line in lines) and not any(line.startswith("epoch 1/3") for line in lines)
+    assert resumed.best_epoch is not None
+    assert not (tmp_path / "checkpoint" / "early-stopping.json").exists()  # a finished run leaves no resume state
