@@ -18,8 +18,9 @@ from typing import Callable, Iterable, Protocol
 
 MID_MAX = 65535  # mids run 1..MID_MAX, then wrap to 1
 # An answer that arrived before its handle was tracked waits at most this many mids: publishing
-# threads take mids and track them nearly in order, so a real one is claimed within a few.
-EARLY_ANSWER_WINDOW = 1024
+# threads take mids and track them nearly in order, so a real one is claimed within a few; a quarter
+# of the mids leaves room for a stalled thread and still drops a stale one long before the wrap.
+EARLY_ANSWER_WINDOW = 16384
 
 
 class ReasonCodeLike(Protocol):
