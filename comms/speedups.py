@@ -37,7 +37,8 @@ from paho.mqtt.properties import Properties
 
 log = logging.getLogger(__name__)
 
-# The paho versions these were tested with: from the first up to (not including) the second.
+# The paho versions these were tested with (2.1.0 and 2.2.0, by tests/test_comms_speedups.py and the
+# broker tests): from the first up to, not including, the second.
 TESTED_PAHO = ((2, 1), (2, 3))
 _TABLES = frozenset({"types", "names", "properties"})
 _OWN_FIELDS = frozenset({"packetType"} | _TABLES)
@@ -106,6 +107,8 @@ def _refusal() -> str | None:
     layout = set(vars(_paho_properties(PacketTypes.PUBLISH)))
     if layout != _OWN_FIELDS:
         return f"paho's Properties holds {sorted(layout)}, not the {sorted(_OWN_FIELDS)} they were written for"
+    if (Properties.__init__, Properties.clear) != (_paho_own["__init__"], _paho_own["clear"]):
+        return "paho's Properties was already changed by other code"
     if not callable(getattr(paho.Client, "_packet_queue", None)):
         return "paho's Client has no _packet_queue"
     return None
