@@ -20,6 +20,7 @@ from pathlib import Path
 from cloud.config import ENV_PREFIX, IngestConfig
 from cloud.db import DatabaseError
 from cloud.ingest import IngestService
+from comms import speedups
 from common.cli import configure_logging, load_or_exit, print_config, stop_on_signals
 
 EXIT_DATABASE = 3
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print_config(config)
         return 0
+    speedups.enable()  # this process receives thousands of messages a second; it logs why if it refuses
     stop_event = stop_on_signals("cloud")
     try:
         if args.retire:

@@ -54,7 +54,8 @@ from cloud.metrics import IngestMetrics
 from cloud.ratelimit import RateLimitedLog
 from cloud.retention import sweep
 from cloud.store import IngestStore, NewFrame, NewResult, RetentionStore
-from comms.mqtt import Availability, Message, MqttClient
+from comms.mqtt import MqttClient
+from comms.transport import Availability, Message, Transport
 from contract.topics import Channel, InvalidDeviceId, Topics
 from contract.messages import Stats, utc_millis_epoch
 from contract.validation import ContractError, FrameMeta, parse_frame, parse_result, parse_stats, parse_status
@@ -150,7 +151,7 @@ class IngestService:
         self.store: IngestStore | None = None
         self.retention: RetentionStore | None = None
         self.files = DataFolder(config.data_dir)
-        self.client: MqttClient | None = None
+        self.client: Transport | None = None
         self.marks: MarkPublisher | None = None
         self.bad_input_log = RateLimitedLog(log, config.bad_input_log_interval_s)
         self._quarantined_since_trim = 0

@@ -1,18 +1,22 @@
-"""The project's only door to paho-mqtt (2.x API, MQTT 5, TLS).
+"""The paho-mqtt implementation of :class:`comms.transport.Transport` (2.x API, MQTT 5, TLS).
 
-Everything else talks MQTT through :class:`MqttClient`, which gives:
+With :mod:`comms.speedups` (which also patches paho, and only when asked),
+the one module that imports paho. Everything else talks MQTT through the
+:class:`~comms.transport.Transport` protocol, which :class:`MqttClient` gives:
 
-* TLS from :class:`~comms.settings.MqttSettings` (minimum version, client
-  certificate, hostname check), or username/password;
+* TLS from :class:`~comms.settings.MqttSettings` (:mod:`comms.tls`), or
+  username/password;
 * automatic reconnection with capped, jittered exponential backoff
   (:func:`common.backoff.backoff_delay`), including when the very first
   connection fails (``connect_async`` + ``loop_start``);
 * availability: a retained ``offline`` will, retained ``online`` on every
   (re)connect, retained ``stopped`` on a clean stop;
-* :class:`Delivery` handles that complete when the broker has *acknowledged*
-  a publish (``on_publish``), which is what an outbox needs: paho's own
-  ``wait_for_publish`` raises for messages queued while offline;
-* subscriptions routed to handlers by topic filter, restored on reconnect;
+* :class:`~comms.deliveries.Delivery` handles that complete when the broker
+  has *acknowledged* a publish (``on_publish``, matched by
+  :class:`~comms.deliveries.DeliveryTracker`), which is what an outbox needs:
+  paho's own ``wait_for_publish`` raises for messages queued while offline;
+* subscriptions routed to handlers by topic filter (:class:`comms.routing.Router`),
+  restored on reconnect;
 * optional manual acknowledgement, so a consumer can ack only after its write
   has committed.
 
@@ -24,10 +28,7 @@ from __future__ import annotations
 
 import logging
 import socket
-import ssl
-import struct
 import threading
-from dataclasses import dataclass, field
 from typing import Callable
 
 import paho.mqtt.client as paho
@@ -36,25 +37,23 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from comms import speedups
+from comms.deliveries import Delivery, DeliveryTracker, completed, publish_outcome, subscribe_outcome, unsubscribe_outcome
+from comms.routing import Router, topic_matches
 from comms.settings import MqttSettings
+from comms.tls import build_tls_context
+from comms.transport import Availability, Handler, Message, MqttError
 from common.backoff import backoff_delay
-from contract.messages import STATUS_OFFLINE, STATUS_ONLINE, STATUS_STOPPED
+
+# The names callers imported from here before the split keep working.
+__all__ = ["Availability", "Delivery", "Handler", "Message", "MqttClient", "MqttError", "build_tls_context", "topic_matches"]
 
 log = logging.getLogger(__name__)
 
 # Fixed header, topic length, packet id and properties of a PUBLISH, generously.
 _PACKET_OVERHEAD_BYTES = 1024
-_MAX_MEMOISED_ROUTES = 4096
-# PUBACK: fixed header 0x40, remaining length 2, packet id (MQTT 5 lets a success omit the reason code).
-_PUBACK = struct.Struct("!BBH")
-_PUBACK_HEADER = 0x40
-_TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 # paho logs these at ERROR, yet they are what every lost connection, retry and stop looks like.
 _CONNECTION_NOISE = ("Client is not connected", "failed to receive on socket", "timeout on socket")
-
-
-class MqttError(RuntimeError):
-    """A publish or subscribe the client could not even queue."""
 
 
 class _PahoLog(logging.LoggerAdapter):
@@ -72,104 +71,6 @@ class _PahoLog(logging.LoggerAdapter):
         if level >= logging.ERROR and isinstance(msg, str) and msg.startswith(_CONNECTION_NOISE):
             level = logging.INFO if self._stopping() else logging.WARNING
         super().log(level, msg, *args, **kwargs)
-
-
-@dataclass(frozen=True)
-class Message:
-    """An incoming message, free of paho types."""
-
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    mid: int
-    user_properties: tuple[tuple[str, str], ...] = ()
-    content_type: str | None = None
-    response_topic: str | None = None
-    correlation_data: bytes | None = None
-
-
-Handler = Callable[[Message], None]
-
-
-@dataclass
-class Delivery:
-    """Completes when the broker has acknowledged a publish (QoS 1) or it was written (QoS 0)."""
-
-    mid: int
-    qos: int
-    _done: threading.Event = field(default_factory=threading.Event, repr=False)
-    reason: str | None = None
-
-    def wait(self, timeout: float) -> bool:
-        """True once acknowledged; False on timeout. Always give a timeout."""
-        return self._done.wait(timeout)
-
-    @property
-    def acknowledged(self) -> bool:
-        return self._done.is_set() and self.reason is None
-
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    def _complete(self, reason: str | None) -> None:
-        self.reason = reason
-        self._done.set()
-
-
-@dataclass(frozen=True)
-class Availability:
-    """Where this client announces itself; None to not announce."""
-
-    topic: str
-    online: str = STATUS_ONLINE
-    offline: str = STATUS_OFFLINE
-    stopped: str = STATUS_STOPPED
-
-
-def build_tls_context(settings: MqttSettings) -> ssl.SSLContext:
-    """A client TLS context: verify the broker against our CA, present our certificate."""
-    assert settings.tls is not None
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(settings.tls.ca_file))
-    context.minimum_version = _TLS_VERSIONS[settings.tls.min_version]
-    if settings.tls.cert_file is not None:
-        context.load_cert_chain(str(settings.tls.cert_file), str(settings.tls.key_file))
-    return context
-
-
-def _share_paho_property_tables() -> bool:
-    """Make paho's ``Properties`` cheap to create; returns whether it applied.
-
-    paho 2.x builds two 27-entry lookup tables in every ``Properties``
-    instance, and ``clear()`` probes all 27 names; every MQTT 5 message
-    received creates and clears one. That was a third of the receive path at
-    thousands of messages per second. The tables are constants that paho never
-    modifies, so every instance can share one copy; ``clear()`` then only
-    drops the properties actually set. Skipped if paho's layout differs from
-    the one this was written for.
-    """
-    prototype = Properties(PacketTypes.PUBLISH)
-    tables = {name: value for name, value in vars(prototype).items() if name != "packetType"}
-    if set(tables) != {"types", "names", "properties"} or getattr(Properties, "_emq_shared_tables", False):
-        return False
-
-    def __init__(self, packetType):
-        object.__setattr__(self, "packetType", packetType)
-        self.__dict__.update(tables)
-
-    def clear(self):
-        for name in [name for name in vars(self) if name not in _PAHO_PROPERTIES_OWN_FIELDS]:
-            delattr(self, name)
-
-    Properties.__init__ = __init__
-    Properties.clear = clear
-    Properties._emq_shared_tables = True
-    return True
-
-
-_PAHO_PROPERTIES_OWN_FIELDS = frozenset({"packetType", "types", "names", "properties"})
-_share_paho_property_tables()
 
 
 def _property(properties: Properties | None, name: str):
@@ -202,15 +103,8 @@ def _publish_properties(
     return properties
 
 
-def topic_matches(topic_filter: str, topic: str) -> bool:
-    """MQTT wildcard matching (``+`` and ``#``); shared subscriptions are matched on their filter."""
-    if topic_filter.startswith("$share/"):
-        topic_filter = topic_filter.split("/", 2)[2]
-    return paho.topic_matches_sub(topic_filter, topic)
-
-
 class MqttClient:
-    """A long-lived MQTT 5 connection with reconnect, availability and acked publishes.
+    """A long-lived MQTT 5 connection with reconnect, availability and acked publishes: the Transport.
 
     # Arguments
         settings: connection settings (host, TLS, session).
@@ -232,21 +126,17 @@ class MqttClient:
         self.settings = settings
         self.availability = availability
         self._on_connection_change = on_connection_change
-        self._handlers: list[tuple[str, int, Handler]] = []
-        self._routed_only: list[tuple[str, Handler]] = []  # unsubscribed filters whose held messages still arrive
-        self._routes: dict[str, tuple[str, Handler] | None] = {}
-        self._deliveries: dict[int, Delivery] = {}
-        self._early_acks: dict[int, str | None] = {}
-        self._lock = threading.Lock()
+        self._router = Router()
+        self._deliveries = DeliveryTracker(on_subscribed=self._log_subscribed)
+        self.subscribed = self._deliveries.subscribed  # set once the broker acknowledged every subscription
         self._connected = threading.Event()
-        self.subscribed = threading.Event()
-        self._pending_subscriptions: set[int] = set()
         self._stopping = False
         self._refused = False
         self._server_max_packet: int | None = None
         self.last_error: str | None = None
         self.connect_count = 0
         self._failed_attempts = 0  # since the last successful connect, for the backoff
+        self._manual_ack = manual_ack
         self._client = self._build_client(manual_ack)
 
     # -- construction -----------------------------------------------------
@@ -353,12 +243,9 @@ class MqttClient:
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             raise MqttError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
-        delivery = Delivery(mid=info.mid, qos=qos)
         if qos == 0 and info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
-            delivery._complete("not connected; QoS 0 message dropped")
-            return delivery
-        self._track(delivery)
-        return delivery
+            return completed(info.mid, qos, "not connected; QoS 0 message dropped")
+        return self._deliveries.track(Delivery(mid=info.mid, qos=qos))
 
     def _check_size(self, topic: str, payload: bytes | str) -> None:
         # A packet over the broker's limit gets the connection dropped, and paho
@@ -368,17 +255,6 @@ class MqttClient:
         if size > limit:
             raise MqttError(f"publish to {topic} refused: {size} bytes exceed the broker's packet limit of {limit}")
 
-    def _track(self, delivery: Delivery) -> None:
-        # on_publish can fire on the network thread before publish() returned
-        # here; such acks wait in _early_acks until we see the mid.
-        with self._lock:
-            if delivery.mid in self._early_acks:
-                reason = self._early_acks.pop(delivery.mid)
-            else:
-                self._deliveries[delivery.mid] = delivery
-                return
-        delivery._complete(reason)
-
     # -- subscribe ------------------------------------------------------------
     def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> Delivery | None:
         """Route messages matching ``topic_filter`` to ``handler``; kept across reconnects.
@@ -386,16 +262,13 @@ class MqttClient:
         When connected, returns a handle that completes on the SUBACK (wait on it
         before relying on the subscription); otherwise it is made on connect.
         """
-        self._handlers.append((topic_filter, qos, handler))
-        self._routes = {}  # a new memo (not clear()): a lookup racing with us fills the old one
+        self._router.subscribe(topic_filter, handler, qos)
         if not self.connected:
             return None
         result, mid = self._client.subscribe(topic_filter, qos=qos)
         if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
             return None  # lost the connection meanwhile: on_connect subscribes again
-        delivery = Delivery(mid=mid, qos=qos)
-        self._track(delivery)
-        return delivery
+        return self._deliveries.track(Delivery(mid=mid, qos=qos))
 
     def route(self, topic_filter: str, handler: Handler) -> None:
         """Send messages matching ``topic_filter`` to ``handler`` without subscribing to it.
@@ -403,8 +276,7 @@ class MqttClient:
         For the messages a persistent session already holds from subscriptions
         made earlier (see :meth:`unsubscribe`).
         """
-        self._routed_only.append((topic_filter, handler))
-        self._routes = {}
+        self._router.route(topic_filter, handler)
 
     def unsubscribe(self, topic_filter: str) -> Delivery | None:
         """End a subscription; the handle completes on the broker's UNSUBACK.
@@ -415,18 +287,13 @@ class MqttClient:
         None when offline: a persistent session then still has the
         subscription at the broker, so call again once connected.
         """
-        kept = [entry for entry in self._handlers if entry[0] != topic_filter]
-        self._routed_only += [(f, handler) for f, _qos, handler in self._handlers if f == topic_filter]
-        self._handlers = kept
-        self._routes = {}
+        self._router.unsubscribe(topic_filter)
         if not self.connected:
             return None
         result, mid = self._client.unsubscribe(topic_filter)
         if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
             return None
-        delivery = Delivery(mid=mid, qos=0)
-        self._track(delivery)
-        return delivery
+        return self._deliveries.track(Delivery(mid=mid, qos=0))
 
     def ack(self, message: Message) -> None:
         """Acknowledge a message received with ``manual_ack=True`` (after the write committed)."""
@@ -434,28 +301,22 @@ class MqttClient:
             self._client.ack(message.mid, message.qos)
 
     def ack_all(self, messages: list[Message]) -> None:
-        """Acknowledge a committed batch of QoS 1 messages in one socket write.
+        """Acknowledge a committed batch of messages, the QoS 1 ones in one socket write when it can.
 
-        paho's ``ack()`` queues each PUBACK as its own packet, written as its own
-        TLS record with its own system call (and wakes the network thread each
-        time); at thousands of messages per second that was a fifth of the
-        receive path. The PUBACKs here are byte-for-byte what ``ack()`` sends,
-        queued as one buffer through paho's packet queue, the same path
-        ``ack()`` takes. QoS 2 messages (PUBCOMP) go through ``ack()``.
+        With :mod:`comms.speedups` enabled, the batch's PUBACKs go out as one
+        buffer (byte for byte what ``ack()`` sends); otherwise, and for QoS 2
+        (PUBCOMP), message by message through ``ack()``.
         """
         batched = [message for message in messages if message.qos == 1]
         for message in messages:
             if message.qos == 2:
                 self.ack(message)
-        if not batched:
+        if not batched or not self._manual_ack:  # paho acknowledged them on arrival
             return
-        queue_packet = getattr(self._client, "_packet_queue", None)
-        if queue_packet is None:  # a paho without that method: one write per ack, still correct
-            for message in batched:
-                self.ack(message)
+        if speedups.queue_pubacks(self._client, [message.mid for message in batched]):
             return
-        pubacks = b"".join(_PUBACK.pack(_PUBACK_HEADER, 2, message.mid) for message in batched)
-        queue_packet(_PUBACK_HEADER, pubacks, 0, 1)  # (command, bytes, mid, qos) as paho's own acks
+        for message in batched:
+            self.ack(message)
 
     # -- paho callbacks (network thread) --------------------------------------
     def _handle_socket_open(self, client, userdata, sock) -> None:
@@ -488,16 +349,15 @@ class MqttClient:
 
     def _subscribe_all(self, client: paho.Client) -> None:
         """(Re)subscribe every handler; ``subscribed`` is set once the broker acknowledged them all."""
-        self.subscribed.clear()
-        mids = set()
-        for topic_filter, qos, _handler in self._handlers:
+        mids = []
+        for topic_filter, qos in self._router.subscriptions():
             result, mid = client.subscribe(topic_filter, qos=qos)
             if result == MQTTErrorCode.MQTT_ERR_SUCCESS:
-                mids.add(mid)
-        with self._lock:
-            self._pending_subscriptions = mids
-        if not mids:
-            self.subscribed.set()
+                mids.append(mid)
+        self._deliveries.expect_subscriptions(mids)
+
+    def _log_subscribed(self) -> None:
+        log.info("subscriptions active: %s", ", ".join(f for f, _qos in self._router.subscriptions()))
 
     def _handle_connect_fail(self, client, userdata) -> None:
         self.last_error = f"cannot connect to {self.settings.host}:{self.settings.port}"
@@ -524,7 +384,7 @@ class MqttClient:
 
     def _handle_message(self, client, userdata, message: paho.MQTTMessage) -> None:
         topic = message.topic  # a property that decodes the bytes on every read
-        route = self._route(topic)
+        route = self._router.lookup(topic)
         if route is None:
             log.debug("no handler for %s", topic)
             return
@@ -540,57 +400,17 @@ class MqttClient:
             response_topic=_property(properties, "ResponseTopic"),
             correlation_data=_property(properties, "CorrelationData"),
         )
-        topic_filter, handler = route
-        try:
-            handler(incoming)
-        except Exception:  # a handler bug must not kill the network thread
-            log.exception("handler for %s failed on %s", topic_filter, topic)
+        route.deliver(incoming)
 
-    def _route(self, topic: str) -> tuple[str, Handler] | None:
-        """The first handler whose filter matches, memoised per topic.
-
-        Matching a filter costs paho a fresh matcher object per call, a fifth of
-        the receive path at thousands of messages per second; a fleet has few
-        distinct topics. The memo is bounded so hostile topic names cannot grow it.
-        """
-        routes = self._routes
-        try:
-            return routes[topic]
-        except KeyError:
-            pass
-        candidates = [(f, handler) for f, _qos, handler in self._handlers] + self._routed_only
-        route = next(((f, handler) for f, handler in candidates if topic_matches(f, topic)), None)
-        if len(routes) >= _MAX_MEMOISED_ROUTES:
-            routes.clear()
-        routes[topic] = route
-        return route
-
+    # Publishes and subscriptions share paho's mid counter, so one tracker serves both.
     def _handle_publish(self, client, userdata, mid: int, reason_code: ReasonCode, properties) -> None:
-        reason = None if not reason_code.is_failure else f"broker rejected publish: {reason_code}"
-        self._complete(mid, reason)
+        self._deliveries.complete(mid, publish_outcome(reason_code))
 
     def _handle_unsubscribe(self, client, userdata, mid: int, reason_codes: list[ReasonCode], properties) -> None:
-        failures = [str(code) for code in reason_codes if code.is_failure]
-        self._complete(mid, f"broker refused to unsubscribe: {', '.join(failures)}" if failures else None)
+        self._deliveries.complete(mid, unsubscribe_outcome(reason_codes))
 
     def _handle_subscribe(self, client, userdata, mid: int, reason_codes: list[ReasonCode], properties) -> None:
-        failures = [str(code) for code in reason_codes if code.is_failure]
-        self._complete(mid, f"broker refused subscription: {', '.join(failures)}" if failures else None)
-
-    def _complete(self, mid: int, reason: str | None) -> None:
-        # Publishes and subscriptions share paho's mid counter, so one map serves both.
-        with self._lock:
-            if mid in self._pending_subscriptions:
-                self._pending_subscriptions.discard(mid)
-                if not self._pending_subscriptions:
-                    self.subscribed.set()
-                    log.info("subscriptions active: %s", ", ".join(f for f, _q, _h in self._handlers))
-                return
-            delivery = self._deliveries.pop(mid, None)
-            if delivery is None:
-                self._early_acks[mid] = reason
-                return
-        delivery._complete(reason)
+        self._deliveries.complete(mid, subscribe_outcome(reason_codes))
 
     def _notify(self, connected: bool, reason: str) -> None:
         if self._on_connection_change is not None:

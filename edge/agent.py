@@ -19,7 +19,8 @@ import numpy as np
 import pybase64
 
 from common.backoff import backoff_delay
-from comms.mqtt import Availability, MqttClient, MqttError
+from comms.mqtt import MqttClient
+from comms.transport import Availability, MqttError, Transport
 from contract.messages import (
     FRAME_CONTENT_TYPE,
     JSON_CONTENT_TYPE,
@@ -120,7 +121,7 @@ class EdgeAgent:
         self.updates: ModelUpdates | None = None
         self.source: FrameSource | None = None
         self.outbox: Outbox | None = None
-        self.client: MqttClient | None = None
+        self.client: Transport | None = None
         self.forwarder: Forwarder | None = None
         self.pipeline: PerceptionPipeline | None = None
         self.inbox = CommandInbox(config.commands.allowed)

@@ -14,7 +14,7 @@ import queue
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from comms.mqtt import Message
+from comms.transport import Message
 from contract.messages import Command, Reply
 from contract.validation import ContractError, parse_command
 

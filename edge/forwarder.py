@@ -33,7 +33,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Literal
 
-from comms.mqtt import Delivery, Message, MqttClient, MqttError
+from comms.deliveries import Delivery
+from comms.transport import Message, MqttError, Transport
 from contract.validation import ContractError, parse_stored_mark
 from edge.outbox import LEGACY_EPOCH, Outbox, OutboxRow
 
@@ -64,7 +65,7 @@ class Forwarder:
     def __init__(
         self,
         outbox: Outbox,
-        client: MqttClient,
+        client: Transport,
         window: int = 64,
         keep_until: KeepUntil = "stored",
         device_id: str | None = None,

@@ -25,7 +25,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from comms.mqtt import Message, MqttClient
+from comms.transport import Message, Transport
 from contract.messages import ModelRelease
 from contract.topics import Topics
 from contract.validation import ContractError, parse_model_release
@@ -57,7 +57,7 @@ class ModelUpdates:
         self._refused: set[tuple[str, str]] = set()
 
     # -- network thread: keep the latest halves ----------------------------------------
-    def subscribe(self, client: MqttClient) -> None:
+    def subscribe(self, client: Transport) -> None:
         client.subscribe(self.topics.model_release, lambda message: self._on_manifest("fleet", message))
         client.subscribe(self.topics.model_blob, lambda message: self._on_blob("fleet", message))
         client.subscribe(self.topics.device_model_release(self.device_id), lambda message: self._on_manifest("device", message))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from comms.mqtt import MqttClient
+from comms.transport import Transport
 from contract.messages import ModelRelease, utc_millis
 from contract.topics import Topics
 from runtime.registry import ModelEntry, ModelRegistry
@@ -38,7 +38,7 @@ def release_files(registry: ModelRegistry, version: str) -> tuple[ModelRelease, 
     return manifest_for(entry, blob), blob
 
 
-def publish_release(client: MqttClient, topics: Topics, manifest: ModelRelease, blob: bytes, device_id: str | None = None) -> None:
+def publish_release(client: Transport, topics: Topics, manifest: ModelRelease, blob: bytes, device_id: str | None = None) -> None:
     """Publish blob then manifest (QoS 1, retained) to the fleet, or to one device; wait for the broker's acks."""
     blob_topic = topics.device_model_blob(device_id) if device_id else topics.model_blob
     release_topic = topics.device_model_release(device_id) if device_id else topics.model_release

@@ -33,6 +33,7 @@ from pydantic import Field, model_validator
 from cloud.store import TrainingStore
 from comms.mqtt import MqttClient
 from comms.settings import MqttSettings, apply_identity_defaults
+from comms.transport import Transport
 from common.cli import configure_logging, load_or_exit, print_config
 from common.config import StrictSettings
 from contract.topics import Topics
@@ -190,7 +191,7 @@ def release_version(config: RetrainConfig, registry: ModelRegistry, version: str
     from models.release import publish_release, release_files
 
     manifest, blob = release_files(registry, version)
-    client = MqttClient(config.mqtt).start()
+    client: Transport = MqttClient(config.mqtt).start()
     try:
         if not client.wait_connected(30):
             raise ConnectionError(f"cannot reach the broker: {client.last_error}")

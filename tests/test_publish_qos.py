@@ -7,6 +7,7 @@ import pytest
 from comms.mqtt import MqttError
 from contract.messages import FRAME_CONTENT_TYPE
 from contract.validation import FrameMeta
+from tests.comms_helpers import speedups_mode  # noqa: F401 (a fixture)
 from tests.conftest import WAIT_S, subscribe_and_wait, wait_until
 
 
@@ -54,9 +55,9 @@ def test_qos0_frames_are_dropped_while_offline(mqtt_client, topics, broker):
     assert "dropped" in dropped.reason
 
 
-def test_properties_survive_and_never_leak_into_the_next_message(mqtt_client, topics):
-    """Every MQTT 5 property the project uses arrives intact; a message without properties gets none
-    (paho's Properties share their lookup tables, see comms.mqtt._share_paho_property_tables)."""
+def test_properties_survive_and_never_leak_into_the_next_message(speedups_mode, mqtt_client, topics):
+    """Every MQTT 5 property the project uses arrives intact; a message without properties gets none,
+    with paho as shipped and with its Properties sharing their lookup tables (comms.speedups)."""
     sink = subscribe_and_wait(mqtt_client("ingest"), topics.frame("cam-a"))
     device = mqtt_client("cam-a")
     meta = FrameMeta(frame_number=7, captured_at="2026-11-22T03:47:13.123Z")
@@ -71,23 +72,3 @@ def test_properties_survive_and_never_leak_into_the_next_message(mqtt_client, to
             assert (message.content_type, message.response_topic) == (FRAME_CONTENT_TYPE, "emotion/replies/x")
         else:
             assert (message.user_properties, message.content_type, message.response_topic) == ((), None, None)
-
-
-def test_shared_property_tables_pack_and_unpack_like_paho():
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
-
-    assert getattr(Properties, "_emq_shared_tables", False), "the speed-up did not apply to this paho version"
-    sent = Properties(PacketTypes.PUBLISH)
-    sent.UserProperty = [("frame_number", "7"), ("captured_at", "2026-11-22T03:47:13.123Z")]
-    sent.ContentType = FRAME_CONTENT_TYPE
-    sent.MessageExpiryInterval = 60
-    received = Properties(PacketTypes.PUBLISH)
-    received.unpack(sent.pack())
-    assert received.UserProperty == sent.UserProperty and received.ContentType == FRAME_CONTENT_TYPE
-    assert received.MessageExpiryInterval == 60
-    received.clear()
-    assert not hasattr(received, "ContentType") and received.pack() == b"\x00"
-    assert Properties(PacketTypes.CONNECT).names is sent.names  # one shared table, not one per message
-    with pytest.raises(Exception):
-        Properties(PacketTypes.CONNACK).ContentType = "x"  # paho's own checks still apply

@@ -5,6 +5,7 @@ from __future__ import annotations
 from comms.mqtt import Availability
 from contract.topics import Channel
 from contract.messages import STATUS_OFFLINE, STATUS_ONLINE, STATUS_STOPPED
+from tests.comms_helpers import speedups_mode  # noqa: F401 (a fixture)
 from tests.conftest import WAIT_S, Collector, subscribe_and_wait, wait_until
 
 
@@ -80,8 +81,9 @@ def test_persistent_session_receives_what_was_published_while_away(mqtt_client, 
     assert collector.wait_for(lambda messages: [m.payload for m in messages] == [b"while-away"])
 
 
-def test_manual_acks_in_one_write_stop_redelivery_and_unacked_come_back(mqtt_client, topics):
-    """ack_all() writes a batch's PUBACKs at once: acked messages never return, unacked ones do."""
+def test_manual_acks_in_one_write_stop_redelivery_and_unacked_come_back(speedups_mode, mqtt_client, topics):
+    """ack_all() acknowledges a batch (its PUBACKs in one write with comms.speedups, one by one without):
+    acked messages never return, unacked ones do."""
     session = dict(client_id="ingest-acks", clean_start=False, session_expiry_s=300)
     first = mqtt_client("ingest", manual_ack=True, **session)
     first_inbox = subscribe_and_wait(first, topics.result("cam-a"))

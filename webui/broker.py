@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 
+from comms.deliveries import Delivery
 from comms.mqtt import MqttClient
 from comms.settings import MqttSettings
+from comms.transport import Transport
 from webui.live import LiveHub
 
 log = logging.getLogger(__name__)
@@ -16,7 +18,7 @@ class BrokerLink:
 
     def __init__(self, settings: MqttSettings, hub: LiveHub) -> None:
         self.hub = hub
-        self.client = MqttClient(settings, on_connection_change=hub.set_broker_connected)
+        self.client: Transport = MqttClient(settings, on_connection_change=hub.set_broker_connected)
         for topic_filter in hub.subscriptions():
             # QoS 1 so results, statuses and replies are not lost on the way to us; frames come as QoS 0.
             self.client.subscribe(topic_filter, hub.handle, qos=1)
@@ -37,5 +39,5 @@ class BrokerLink:
     def last_error(self) -> str | None:
         return self.client.last_error
 
-    def publish(self, *args, **kwargs):
+    def publish(self, *args, **kwargs) -> Delivery:
         return self.client.publish(*args, **kwargs)

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from comms.mqtt import Message
+from comms.transport import Message
 from contract.messages import Result, Stats
 from contract.topics import Channel, InvalidDeviceId, Topics
 from contract.validation import (
