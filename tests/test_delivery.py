@@ -8,7 +8,6 @@ takeover attempts lose nothing and store nothing twice.
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import subprocess
@@ -171,10 +170,11 @@ def test_a_rolled_back_outbox_stores_nothing_twice(broker, pki_dir, tmp_path, sp
     assert len(third_run) == 1  # the restored file knows the first run and the third
 
     produced = {**two_runs, **third_run}
+    # The restored rows (epoch of the first run) are either resent and skipped by the ingest as
+    # duplicates, or forgotten at once when the retained stored mark for their epoch arrives
+    # first: which one depends on timing, and both are right. What must hold: stored once each.
     assert_each_result_stored_once(cloud, produced)
     cloud.stop()
-    totals = [line for line in cloud.text().splitlines() if "ingest totals:" in line][-1]
-    assert json.loads(totals.split("ingest totals:", 1)[1])["duplicates"] >= first_run_total, "restored rows not resent"
 
 
 def test_stored_marks_are_published_only_by_the_ingest_and_read_by_their_device(broker, mqtt_client, topics):
