@@ -7,7 +7,7 @@ Run pinned to one core, as on a busy Jetson::
 Each side runs in its own subprocess, so the peak RSS of ours is measured in
 a process that never imports TensorFlow (``fer`` needs it):
 
-* ours: the real edge agent (``edge.agent.EdgeAgent``) on the video,
+* ours: the real edge agent (``edge.assembly.build_edge``) on the video,
   publishing over TLS to this repo's Mosquitto (started by the benchmark on
   a free port with a PKI made for the run): decode -> detect -> classify ->
   draw -> encode (JPEG + base64 of every annotated frame, PNG crops) ->
@@ -142,7 +142,7 @@ BENCH_DEVICE = "bench-cam"
 
 def run_agent(arguments: argparse.Namespace) -> dict:
     """The real edge agent on the video, publishing to the benchmark's Mosquitto; never imports TensorFlow."""
-    from edge.agent import EdgeAgent
+    from edge.assembly import build_edge
     from edge.config import EdgeConfig
     from edge.perception import PerceptionPipeline
 
@@ -157,10 +157,10 @@ def run_agent(arguments: argparse.Namespace) -> dict:
             mqtt={"host": "localhost", "port": arguments.broker_port, "reconnect_min_delay_s": 0.1},
             source={"spec": str(arguments.video)}, model={"num_threads": arguments.threads}, publish=publish,
         )
-        agent = EdgeAgent(config)
+        agent = build_edge(config)
         agent.start()
-        if not agent.client.wait_connected(10):
-            raise SystemExit(f"agent cannot reach the benchmark broker: {agent.client.last_error}")
+        if not agent.transport.wait_connected(10):
+            raise SystemExit(f"agent cannot reach the benchmark broker: {agent.transport.last_error}")
         # Warm-up on a throwaway pipeline: LiteRT's first invoke builds its kernels.
         PerceptionPipeline(None, None, None, agent.model).process(first_frame(arguments.video))
         boxes, labels = record_detections(agent)
@@ -168,8 +168,8 @@ def run_agent(arguments: argparse.Namespace) -> dict:
         agent.process_frames()
         elapsed = time.perf_counter() - started
         drained = agent.forwarder.drain(60)
-        stage_ms = agent.clock.means().model_dump()
-        processed, published = agent.counters.processed, agent.forwarder.published
+        stage_ms = agent.loop.clock.means().model_dump()
+        processed, published = agent.loop.counters.processed, agent.forwarder.published
         agent.stop()
     heavy_modules = sorted(name for name in ("tensorflow", "keras") if name in sys.modules)
     if heavy_modules:

@@ -75,7 +75,7 @@ class Stream:
 
 def record(max_frames: int) -> Recorded:
     """Run the real perception pipeline on a real video (no MQTT) and keep its output."""
-    from edge.agent import to_contract_face
+    from edge.publisher import to_contract_face
     from edge.model import load_model
     from edge.perception.codec import encode_jpeg
     from edge.perception.pipeline import PerceptionPipeline

@@ -371,6 +371,8 @@ class Stats(Versioned):
     source: Annotated[str, Field(max_length=512)]
     paused: bool
     model_error: Annotated[str, Field(max_length=1024)] | None = Field(default=None, description="Why the last model release was refused, if it was.")
+    healthy: bool = Field(default=True, description="False when no frame was processed for watchdog.stall_s while the source should deliver.")
+    last_frame_age_s: Annotated[float, Field(ge=0)] | None = Field(default=None, description="Seconds since the last processed frame.")
 
 
 # -- commands --------------------------------------------------------------

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from common.cli import configure_logging, load_or_exit, print_config, stop_on_signals
-from edge.agent import EdgeAgent
+from edge.assembly import build_edge
 from edge.config import ENV_PREFIX, EdgeConfig
 from edge.model import ModelUnavailable
 from edge.sources import SourceError
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     stop_event = stop_on_signals("edge")
     try:
-        EdgeAgent(config, stop_event).run()
+        build_edge(config, stop_event).run()
     except ModelUnavailable as error:
         print(f"emq-edge: {error}", file=sys.stderr)
         return EXIT_MODEL

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from comms.transport import Message
-from contract.messages import Command, Reply
+from contract.messages import JSON_CONTENT_TYPE, Command, Reply
 from contract.validation import ContractError, parse_command
+from edge.model import ModelUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -89,3 +90,60 @@ def execute(incoming: Incoming, device_id: str, executors: dict[str, Executor]) 
         log.exception("command %s failed", command.command)
         return Reply(id=command.id, device_id=device_id, ok=False, error=f"internal error: {error}"[:1024])
     return Reply(id=command.id, device_id=device_id, ok=True, result=result)
+
+
+class CommandHandlers:
+    """What each command does: changes to the loop's control, the model slot, and answers about state."""
+
+    def __init__(self, control, model, updates, outbox) -> None:
+        self.control, self.model, self.updates, self.outbox = control, model, updates, outbox
+
+    def executors(self) -> dict[str, Executor]:
+        return {"pause": self.pause, "resume": self.resume, "set_fps": self.set_fps, "snapshot": self.snapshot,
+                "rollback_model": self.rollback_model, "ping": self.ping}
+
+    def pause(self, command: Command) -> dict:
+        self.control.paused = True
+        return {"paused": True}
+
+    def resume(self, command: Command) -> dict:
+        self.control.paused = False
+        return {"paused": False}
+
+    def set_fps(self, command: Command) -> dict:
+        self.control.set_fps(float(command.args["fps"]))
+        return {"fps": self.control.max_fps}
+
+    def snapshot(self, command: Command) -> dict:
+        self.control.snapshot_requested = True
+        return {"snapshot": "next frame"}
+
+    def rollback_model(self, command: Command) -> dict:
+        rolled_back = self.model.current
+        try:
+            restored = self.model.rollback()
+        except ModelUnavailable as error:
+            raise CommandError(str(error)) from None
+        self.updates.block(rolled_back)  # or the retained release would install it again
+        self.updates.remember(self.model)
+        return {"model_version": restored.version}
+
+    def ping(self, command: Command) -> dict:
+        return {"model_version": self.model.version, "paused": self.control.paused, "outbox_depth": self.outbox.depth()}
+
+
+class CommandResponder:
+    """Between frames: run what the inbox holds and publish each reply (QoS 1) on ``…/cmd/reply``."""
+
+    def __init__(self, inbox: CommandInbox, handlers: CommandHandlers, transport, reply_topic: str, device_id: str) -> None:
+        self.inbox, self.handlers, self.transport = inbox, handlers, transport
+        self.reply_topic, self.device_id = reply_topic, device_id
+
+    def handle_pending(self) -> list[Reply]:
+        replies = []
+        for incoming in self.inbox.drain():
+            reply = execute(incoming, self.device_id, self.handlers.executors())
+            self.transport.publish(self.reply_topic, reply.to_json(), qos=1, content_type=JSON_CONTENT_TYPE)
+            log.info("command %r → %s", incoming.raw_id, "ok" if reply.ok else reply.error)
+            replies.append(reply)
+        return replies

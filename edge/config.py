@@ -113,6 +113,16 @@ class ProcessingSettings(StrictSettings):
     )
 
 
+class WatchdogSettings(StrictSettings):
+    stall_s: Annotated[float, Field(ge=1)] = Field(
+        default=30.0, description="Unhealthy when no frame was processed for this long while the source should deliver.",
+    )
+    interval_s: Annotated[float, Field(gt=0, le=60)] = Field(default=5.0, description="How often health is judged and reported.")
+    health_file: Path | None = Field(
+        default=None, description="Health JSON for container healthchecks; default <data_dir>/<device_id>/health.json.",
+    )
+
+
 class PublishSettings(StrictSettings):
     frame_fps: Annotated[float, Field(ge=0, le=240)] = Field(default=5.0, description="Annotated frames per second to publish (0 = none).")
     jpeg_quality: Annotated[int, Field(ge=10, le=100)] = 80
@@ -170,6 +180,7 @@ class EdgeConfig(StrictSettings):
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     commands: CommandSettings = Field(default_factory=CommandSettings)
     homeassistant: HomeAssistantSettings = Field(default_factory=HomeAssistantSettings)
+    watchdog: WatchdogSettings = Field(default_factory=WatchdogSettings)
 
     @model_validator(mode="after")
     def _fill_derived(self) -> "EdgeConfig":
@@ -178,4 +189,6 @@ class EdgeConfig(StrictSettings):
         apply_identity_defaults(self.mqtt, self.pki_dir, self.device_id, client_id=self.device_id)
         if self.outbox.path is None:
             self.outbox.path = self.data_dir / self.device_id / "outbox.db"
+        if self.watchdog.health_file is None:
+            self.watchdog.health_file = self.data_dir / self.device_id / "health.json"
         return self

@@ -105,9 +105,25 @@ class FramePacer:
 
 
 class FrameSource:
-    """Base class: numbering, timestamps, optional pacing, iteration and closing."""
+    """Base class: numbering, timestamps, optional pacing, iteration and closing.
+
+    ``description`` (``kind:detail``) is what logs and results call the source;
+    ``name`` what results carry as ``video_file`` (a file's own name, else the
+    description); ``live`` says the source keeps delivering at its own pace (a
+    camera, a stream): a loop that falls behind drops its frames, and when it
+    stops delivering it is reopened. Files and folders wait for the loop and end.
+    """
 
     description: str = "source"
+    live: bool = False
+
+    @property
+    def name(self) -> str:
+        return getattr(self, "_name", None) or self.description
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._name = value
 
     def __init__(self, pace_fps: float | None = None) -> None:
         self._next_frame_number = 0
@@ -201,6 +217,7 @@ class VideoFileSource(_CaptureSource):
         if not self.path.is_file():
             raise SourceError(f"video file {self.path} does not exist")
         super().__init__(cv2.VideoCapture(str(self.path)), f"file:{self.path.name}")
+        self.name = self.path.name
         self.loop = loop
         if pace:
             fps = self.frames_per_second
@@ -220,6 +237,8 @@ class VideoFileSource(_CaptureSource):
 class CameraSource(_CaptureSource):
     """A local camera by index (V4L2 on Linux, e.g. a USB webcam on the Jetson)."""
 
+    live = True
+
     def __init__(
         self, index: int, width: int | None = None, height: int | None = None, fps: float | None = None
     ) -> None:
@@ -234,6 +253,8 @@ class StreamSource(_CaptureSource):
     Opening and each read give up after ``timeout_s`` so a dead camera raises
     ``SourceError`` (or ends the iteration) instead of hanging FFmpeg's default 30 s or more.
     """
+
+    live = True
 
     def __init__(self, url: str, timeout_s: float = 10.0) -> None:
         timeout_ms = int(timeout_s * 1000)
@@ -331,6 +352,7 @@ class ImageFolderSource(FrameSource):
         self.loop = loop
         self._position = 0
         self.description = f"folder:{self.folder.name}"
+        self.name = self.folder.name
         # Read the first image now, as the capture sources do: a folder with no readable image
         # is a source that cannot be opened, not an input that ends before it started.
         self._pending = self._next_readable()
@@ -374,6 +396,7 @@ class ImageFileSource(FrameSource):
         self.loop = loop
         self._delivered = False
         self.description = f"image:{self.path.name}"
+        self.name = self.path.name
 
     def _read_frame(self) -> np.ndarray | None:
         if self._delivered and not self.loop:

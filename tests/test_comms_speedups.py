@@ -130,7 +130,7 @@ def test_importing_comms_and_the_components_does_not_patch_paho():
     """A fresh interpreter imports every component that talks MQTT; paho stays as shipped."""
     script = (
         "import comms.mqtt, comms.speedups, comms.routing, comms.deliveries, comms.tls, comms.transport\n"
-        "import edge.agent, edge.forwarder, edge.cli, cloud.ingest, cloud.cli, webui.broker, models.release\n"
+        "import edge.assembly, edge.forwarder, edge.cli, cloud.ingest, cloud.cli, webui.broker, models.release\n"
         "from paho.mqtt.properties import Properties\n"
         "assert Properties.__init__.__module__ == 'paho.mqtt.properties', Properties.__init__\n"
         "assert Properties.clear.__module__ == 'paho.mqtt.properties', Properties.clear\n"

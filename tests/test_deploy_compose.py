@@ -233,7 +233,7 @@ def test_our_healthchecks_use_shipped_scripts(service_name):
     test = services()[service_name]["healthcheck"]["test"]
     assert test[:2] == ["CMD", "python"], "slim images have no curl: checks go through deploy/docker/healthcheck.py"
     assert local_path(test[2]).is_file()
-    assert test[3] in ("connected", "http")
+    assert test[3] in ("connected", "http", "progress")
 
 
 def test_dockerfile_ships_the_deploy_scripts_where_compose_expects_them():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import getpass
 import http.server
+import json
 import importlib.util
 import os
 import shutil
@@ -19,6 +20,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -247,3 +249,15 @@ def test_http_check_follows_the_status_code(web_server):
     assert run_healthcheck("http", f"{web_server}/down").returncode == 1
     assert run_healthcheck("http", f"http://127.0.0.1:{free_port()}/healthz").returncode == 1
     assert run_healthcheck("bogus").returncode == 2
+
+
+def test_progress_check_reads_the_edge_watchdogs_report(healthcheck, tmp_path):
+    report = tmp_path / "health.json"
+    assert run_healthcheck("progress", str(report)).returncode == 1  # no report: not started, or gone
+    report.write_text(json.dumps({"healthy": True, "reason": "processing frames", "checked_at": time.time()}))
+    assert run_healthcheck("progress", str(report)).returncode == 0
+    report.write_text(json.dumps({"healthy": False, "reason": "no frame processed for 31 s", "checked_at": time.time()}))
+    failed = run_healthcheck("progress", str(report))
+    assert failed.returncode == 1 and "no frame processed" in failed.stdout
+    report.write_text(json.dumps({"healthy": True, "reason": "processing frames", "checked_at": time.time() - 600}))
+    assert healthcheck.check_progress(report)[0] is False  # a stale report: the agent stopped writing

@@ -155,7 +155,7 @@ def test_encode_png_is_a_lossless_grey_image() -> None:
 def test_edge_perception_never_imports_tensorflow() -> None:
     code = (
         "import sys\n"
-        "import edge.perception, edge.perception.pipeline, edge.model, edge.agent, edge.sources\n"
+        "import edge.perception, edge.perception.pipeline, edge.model, edge.assembly, edge.sources\n"
         "heavy = sorted(name for name in ('tensorflow', 'keras', 'tf_keras') if name in sys.modules)\n"
         "assert not heavy, heavy\n"
     )
