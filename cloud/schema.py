@@ -72,11 +72,11 @@ CREATE TABLE IF NOT EXISTS faces (
     box_x INTEGER NOT NULL, box_y INTEGER NOT NULL, box_w INTEGER NOT NULL, box_h INTEGER NOT NULL,
     model_version TEXT NOT NULL,
     crop_png {blob},
-    -- NULL: seen by the edge device of its result; else the tag of the `emq-retrain import` it came from.
     source TEXT,
-    -- SHA-256 of an imported crop's pixels: the same face is imported once.
     content_sha256 TEXT
 );
+-- faces.source: NULL for a face an edge device saw, else the tag of the `emq-retrain import` it came from;
+-- faces.content_sha256: of an imported crop's pixels, unique, so the same face is imported once.
 CREATE INDEX IF NOT EXISTS faces_device_time ON faces (device_id, captured_at);
 CREATE INDEX IF NOT EXISTS faces_label_time ON faces (label, captured_at);
 CREATE INDEX IF NOT EXISTS faces_confidence ON faces (confidence);

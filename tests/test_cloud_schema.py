@@ -47,7 +47,7 @@ def test_the_ingest_creates_it_and_readers_then_open(database_url):  # noqa: F81
 def test_an_older_or_newer_schema_is_refused_by_readers(database_url):  # noqa: F811
     Store(database_url).close()
     set_version(database_url, 1)
-    with pytest.raises(schema.SchemaError, match="older than this code.s 2: run .emq-db migrate"):
+    with pytest.raises(schema.SchemaError, match=f"older than this code.s {schema.SCHEMA_VERSION}: run .emq-db migrate"):
         DashboardStore(database_url)
     set_version(database_url, schema.SCHEMA_VERSION + 1)
     with pytest.raises(schema.SchemaError, match="newer than this code's"):
@@ -65,6 +65,7 @@ def test_a_version_1_database_is_upgraded_in_place(tmp_path):
     store.db.execute("DROP INDEX results_identity")
     store.db.execute("ALTER TABLE results DROP COLUMN epoch")
     store.db.execute("DROP TABLE delivery_marks")
+    downgrade_faces_to_version_2(store)
     store.db.execute("UPDATE schema_info SET version = 1")
     store.close()
     upgraded = Store(url)
@@ -74,11 +75,41 @@ def test_a_version_1_database_is_upgraded_in_place(tmp_path):
     upgraded.close()
 
 
-def factories_new_result():
+def downgrade_faces_to_version_2(store) -> None:
+    """Schema 2 had no import columns on faces."""
+    store.db.execute("DROP INDEX faces_content")
+    store.db.execute("ALTER TABLE faces DROP COLUMN content_sha256")
+    store.db.execute("ALTER TABLE faces DROP COLUMN source")
+
+
+def test_a_version_2_database_gets_the_import_columns(tmp_path):
+    """Schema 3 added faces.source and faces.content_sha256 (unique): edge faces keep NULL in both."""
+    url = f"sqlite:///{tmp_path / 'cloud.db'}"
+    store = Store(url)
+    with store.transaction():
+        store.add_results([factories_new_result(faces=[factories.face()])], 0.0)
+    downgrade_faces_to_version_2(store)
+    store.db.execute("UPDATE schema_info SET version = 2")
+    store.close()
+    with pytest.raises(schema.SchemaError, match="older"):
+        TrainingStore(url)
+    upgraded = Store(url)
+    assert schema.check(upgraded.db) == schema.SCHEMA_VERSION == 3
+    assert upgraded.db.query("SELECT source, content_sha256 FROM faces") == [(None, None)]
+    upgraded.db.execute("UPDATE faces SET content_sha256 = 'x'")
+    with pytest.raises(Exception, match="UNIQUE"):  # the digest index came with the upgrade
+        with upgraded.transaction():
+            upgraded.add_results([factories_new_result(faces=[factories.face()])], 0.0)
+            upgraded.db.execute("UPDATE faces SET content_sha256 = 'x' WHERE content_sha256 IS NULL")
+    upgraded.close()
+
+
+def factories_new_result(faces=None):
     from cloud.store import NewResult
 
-    result = factories.result(seq=0, faces=[])
-    return NewResult(result, [], result.to_json().decode())
+    result = factories.result(seq=0, faces=faces or [])
+    crops = [None] * len(result.faces)
+    return NewResult(result, crops, result.to_json().decode())
 
 
 def test_emq_db_migrates_and_reports_the_version(tmp_path):
