@@ -43,6 +43,7 @@ from runtime.preprocess import normalize_faces, resize_faces
 
 log = logging.getLogger("models.face_import")
 
+WRITE_BATCH = 100  # faces per transaction
 Classify = Callable[[np.ndarray], np.ndarray]  # normalised (N, 64, 64, 1) -> (N, 7) probabilities
 
 
@@ -188,8 +189,8 @@ class ImportTarget:
     labelled_by: str
 
 
-def import_item(item: ImportItem, target: ImportTarget, settings: ImportSettings, cascade: cv2.CascadeClassifier) -> tuple[int, bool]:
-    """Store one picture's face: (face id, newly stored); SkipFile when it cannot be imported."""
+def imported_face(item: ImportItem, target: ImportTarget, settings: ImportSettings, cascade: cv2.CascadeClassifier) -> ImportedFace:
+    """One picture's face, ready to store; SkipFile when it cannot be imported."""
     label = normalized_label(item.label)
     if label is None:
         raise SkipFile(f"unknown label {item.label!r} (expected one of {', '.join(EMOTIONS)})")
@@ -199,31 +200,44 @@ def import_item(item: ImportItem, target: ImportTarget, settings: ImportSettings
     except cv2.error as error:  # an image OpenCV decoded but cannot work on
         raise SkipFile(f"OpenCV cannot process it: {str(error).strip().splitlines()[-1]}") from None
     probabilities = np.asarray(target.classify(normalize_faces(crop[np.newaxis])), dtype=np.float64)[0]
-    face = ImportedFace(
+    return ImportedFace(
         source=target.source, file_name=item.name, label=label, labelled_by=target.labelled_by,
         crop_png=encode_png(crop), content_sha256=hashlib.sha256(crop.tobytes()).hexdigest(),
         probabilities=tuple(float(value) for value in probabilities), model_name=target.model_name,
         model_version=target.model_version, box=box, width=gray.shape[1], height=gray.shape[0], imported_at=time.time(),
     )
-    return target.store.add_imported_face(face)
 
 
 def import_faces(items: Iterable[ImportItem], target: ImportTarget, settings: ImportSettings = ImportSettings(),
                  problems: Iterable[tuple[str, str]] = ()) -> ImportReport:
-    """Import every item, never stopping for one bad file; ``problems`` found while listing are reported too."""
+    """Import every item, never stopping for one bad file; ``problems`` found while listing are reported too.
+
+    Faces are written ``WRITE_BATCH`` at a time: one transaction (one disk sync) each.
+    """
     cascade = load_cascade(None)
     report = ImportReport(skipped=list(problems))
+    batch: list[tuple[ImportItem, ImportedFace]] = []
     for item in items:
         try:
-            face_id, stored = import_item(item, target, settings, cascade)
+            batch.append((item, imported_face(item, target, settings, cascade)))
         except SkipFile as reason:
             report.skipped.append((item.name, str(reason)))
             log.warning("skipped %s: %s", item.name, reason)
-            continue
+        if len(batch) >= WRITE_BATCH:
+            _store(batch, target.store, report)
+            batch = []
+    _store(batch, target.store, report)
+    return report
+
+
+def _store(batch: list[tuple[ImportItem, ImportedFace]], store: TrainingStore, report: ImportReport) -> None:
+    if not batch:
+        return
+    outcomes = store.add_imported_faces([face for _, face in batch])
+    for (item, face), (face_id, stored) in zip(batch, outcomes):
         if stored:
             report.stored.append((item.name, face_id))
-            report.labels[normalized_label(item.label)] += 1
+            report.labels[face.label] += 1
         else:
             report.duplicates.append((item.name, face_id))
             log.info("%s: already stored as face %d", item.name, face_id)
-    return report

@@ -30,27 +30,35 @@ class TrainingStore(CropReader):
 
     def add_imported_face(self, face: ImportedFace) -> tuple[int, bool]:
         """Store an imported face as a human-labelled crop: (face id, True), or (the stored one's id, False)
-        when a face with the same content is already there.
+        when a face with the same content is already there."""
+        return self.add_imported_faces([face])[0]
+
+    def add_imported_faces(self, faces: list[ImportedFace]) -> list[tuple[int, bool]]:
+        """Store imported faces in one transaction; per face (id, newly stored) as ``add_imported_face``.
 
         Every face needs a result, so each imported picture is a result of its own, from the
         ``import`` pseudo-device: its msg_id and epoch carry the content digest, so the result
         identity refuses a duplicate as well as the faces' digest index does.
         """
-        if face.label not in EMOTIONS:
-            raise ValueError(f"unknown emotion {face.label!r}")
-        if len(face.probabilities) != len(EMOTIONS):
-            raise ValueError(f"{len(face.probabilities)} probabilities, expected {len(EMOTIONS)}")
+        for face in faces:
+            if face.label not in EMOTIONS:
+                raise ValueError(f"unknown emotion {face.label!r}")
+            if len(face.probabilities) != len(EMOTIONS):
+                raise ValueError(f"{len(face.probabilities)} probabilities, expected {len(EMOTIONS)}")
+        outcomes = []
         with self.transaction():
-            existing = self.face_with_content(face.content_sha256)
-            if existing is not None:
-                return existing, False
-            result_id = self._imported_result(face)
-            face_id = self._imported_face_row(face, result_id)
-            self.db.execute(
-                "INSERT INTO labels (face_id, label, labelled_by, labelled_at) VALUES (?, ?, ?, ?)",
-                (face_id, face.label, face.labelled_by[:64], face.imported_at),
-            )
-        return face_id, True
+            for face in faces:
+                existing = self.face_with_content(face.content_sha256)
+                if existing is not None:
+                    outcomes.append((existing, False))
+                    continue
+                face_id = self._imported_face_row(face, self._imported_result(face))
+                self.db.execute(
+                    "INSERT INTO labels (face_id, label, labelled_by, labelled_at) VALUES (?, ?, ?, ?)",
+                    (face_id, face.label, face.labelled_by[:64], face.imported_at),
+                )
+                outcomes.append((face_id, True))
+        return outcomes
 
     def _imported_result(self, face: ImportedFace) -> int:
         top = max(range(len(EMOTIONS)), key=lambda index: face.probabilities[index])
