@@ -27,6 +27,7 @@ held out for the gate (or no FER2013 gate set) to decide; the card says so.
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
 import sys
 import tempfile
@@ -336,7 +337,11 @@ def import_main(argv: list[str]) -> int:
     if not (origin.is_dir() if args.folder is not None else origin.is_file()):
         print(f"emq-retrain import: {origin} does not exist", file=sys.stderr)
         return 2
-    items, problems = items_from_folder(origin) if args.folder is not None else items_from_csv(origin)
+    try:
+        items, problems = items_from_folder(origin) if args.folder is not None else items_from_csv(origin)
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        print(f"emq-retrain import: cannot read {origin}: {error}", file=sys.stderr)
+        return 2
     try:
         target = _import_target(config, args.source or origin.resolve().stem, args.labelled_by)
     except (SchemaError, LookupError, OSError, ValueError) as error:

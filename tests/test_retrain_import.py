@@ -129,6 +129,9 @@ def test_bad_arguments_and_an_unmigrated_database_are_refused(tmp_path, database
     assert run_import(database, model_store).returncode == 2
     missing = run_import(database, model_store, str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+    (tmp_path / "latin1.csv").write_bytes("path,label\nvisage-\xe9t\xe9.jpg,happy\n".encode("latin-1"))
+    unreadable = run_import(database, model_store, "--csv", str(tmp_path / "latin1.csv"))
+    assert unreadable.returncode == 2 and "cannot read" in unreadable.stderr
     (tmp_path / "empty").mkdir()
     fresh = run_import(f"sqlite:///{tmp_path / 'fresh.db'}", model_store, str(tmp_path / "empty"))
     assert fresh.returncode == 3 and "emq-db migrate" in fresh.stderr
