@@ -323,7 +323,7 @@ def _import_parser() -> argparse.ArgumentParser:
 
 
 def import_main(argv: list[str]) -> int:
-    """``emq-retrain import``: 0 done (the summary lists what was skipped), 2 bad arguments or config, 3 nothing usable."""
+    """``emq-retrain import``: 0 done (the summary lists what was skipped), 2 bad arguments or config, 3 no schema or no model."""
     from cloud.schema import SchemaError
     from models.face_import import import_faces, items_from_csv, items_from_folder
 
