@@ -12,7 +12,7 @@ import hashlib
 
 from cloud.db import Database, DatabaseError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS schema_info (version INTEGER NOT NULL);
@@ -71,12 +71,17 @@ CREATE TABLE IF NOT EXISTS faces (
     p_sad {real} NOT NULL, p_surprise {real} NOT NULL, p_neutral {real} NOT NULL,
     box_x INTEGER NOT NULL, box_y INTEGER NOT NULL, box_w INTEGER NOT NULL, box_h INTEGER NOT NULL,
     model_version TEXT NOT NULL,
-    crop_png {blob}
+    crop_png {blob},
+    source TEXT,
+    content_sha256 TEXT
 );
+-- faces.source: NULL for a face an edge device saw, else the tag of the `emq-retrain import` it came from;
+-- faces.content_sha256: of an imported crop's pixels, unique, so the same face is imported once.
 CREATE INDEX IF NOT EXISTS faces_device_time ON faces (device_id, captured_at);
 CREATE INDEX IF NOT EXISTS faces_label_time ON faces (label, captured_at);
 CREATE INDEX IF NOT EXISTS faces_confidence ON faces (confidence);
 CREATE INDEX IF NOT EXISTS faces_result ON faces (result_id);
+CREATE UNIQUE INDEX IF NOT EXISTS faces_content ON faces (content_sha256);
 CREATE TABLE IF NOT EXISTS labels (
     id {id},
     face_id BIGINT NOT NULL REFERENCES faces (id) ON DELETE CASCADE,
@@ -124,6 +129,7 @@ CREATE INDEX IF NOT EXISTS quarantine_time ON quarantine (received_at);
 _UPGRADES = {
     1: ["ALTER TABLE results ADD COLUMN epoch TEXT", "DROP INDEX IF EXISTS results_device_seq"],
     2: ["ALTER TABLE frames ADD COLUMN stored_in TEXT NOT NULL DEFAULT 'files'"],
+    3: ["ALTER TABLE faces ADD COLUMN source TEXT", "ALTER TABLE faces ADD COLUMN content_sha256 TEXT"],
 }
 
 

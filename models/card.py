@@ -38,6 +38,7 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from contract.emotions import EMOTIONS, NUM_EMOTIONS
+from models.gate import GateDecision
 from runtime.registry import (
     PRETRAINED_VERSION,
     ModelEntry,
@@ -48,7 +49,7 @@ from runtime.registry import (
 
 logger = logging.getLogger(__name__)
 
-CARD_SCHEMA_VERSION = 1
+CARD_SCHEMA_VERSION = 2  # 2: the gate's paired tests (outcome, per-set b/c counts, mid-p, interval)
 JSON_FILENAME = "model-card.json"
 CONFUSION_FILENAME = "confusion.png"
 LEARNING_CURVES_FILENAME = "learning-curves.png"
@@ -166,7 +167,7 @@ def write_model_card(
     directory: Path,
     entry: ModelEntry,
     *,
-    decision: Any | None = None,
+    decision: GateDecision | None = None,
     history: Mapping[str, Sequence[float]] | None = None,
     class_counts: Mapping[str, int] | None = None,
     training: Mapping[str, Any] | None = None,
@@ -180,8 +181,9 @@ def write_model_card(
         directory: Where to write (created if needed); one directory per version.
         entry: The version's registry entry (``register_version``'s result).
         decision: The ``models.gate.GateDecision`` that judged this model; its
-            scores and confusion matrices become the card's evaluation.  None
-            for an ungated model: then ``evaluation_sets`` are evaluated.
+            scores and confusion matrices become the card's evaluation, its
+            paired tests (per set: b, c, mid-p, interval) the card's ``gate``.
+            None for an ungated model: then ``evaluation_sets`` are evaluated.
         history: ``TrainingRun.history`` (per-epoch lists); drawn as learning curves.
         class_counts: Training faces per emotion name (missing classes count 0).
         training: ``TrainingRun.summary()`` (settings, epochs run, stop reason, speed).
@@ -222,7 +224,7 @@ def write_model_card(
 
 def _evaluation(
     entry: ModelEntry,
-    decision: Any | None,
+    decision: GateDecision | None,
     evaluation_sets: Mapping[str, LabelledFaces] | None,
     tflite_path: Path | None,
 ) -> dict[str, SetEvaluation]:
@@ -238,11 +240,11 @@ def _evaluation(
     return evaluate_for_card(Path(tflite_path), evaluation_sets)
 
 
-def evaluation_from_decision(decision: Any) -> dict[str, SetEvaluation]:
+def evaluation_from_decision(decision: GateDecision) -> dict[str, SetEvaluation]:
     """The candidate's results per set, as the gate measured them."""
     return {
         name: SetEvaluation(
-            samples=decision.counts.get(name, int(np.sum(decision.confusion[name]))),
+            samples=decision.counts[name],
             top1=pair["candidate"],
             confusion=decision.confusion[name],
             current_top1=pair["current"],
@@ -272,7 +274,7 @@ def evaluate_for_card(tflite_path: Path, evaluation_sets: Mapping[str, LabelledF
 
 def build_card(
     entry: ModelEntry,
-    decision: Any | None,
+    decision: GateDecision | None,
     history: Mapping[str, Sequence[float]] | None,
     class_counts: Mapping[str, int] | None,
     training: Mapping[str, Any] | None,
@@ -309,13 +311,14 @@ def build_card(
     )
 
 
-def _decision_word(decision: Any | None) -> str:
+def _decision_word(decision: GateDecision | None) -> str:
+    """"promoted", "refused" or "undecided" (too few gate faces to decide: ``gate.reasons`` says what is missing)."""
     if decision is None:
         return "not gated (evaluation only)"
-    return "promoted" if decision.promote else "refused"
+    return decision.outcome
 
 
-def _gate_record(decision: Any | None, entry: ModelEntry) -> dict[str, Any] | None:
+def _gate_record(decision: GateDecision | None, entry: ModelEntry) -> dict[str, Any] | None:
     if decision is None:
         return None
     record = decision.to_json()

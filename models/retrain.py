@@ -1,25 +1,33 @@
 """The retraining job: collected crops + human labels → fine-tuned Mini-Xception → gate → release.
 
     emq-retrain [--config retrain.toml] [--epochs 5] [--time-budget 900] [--no-release]
+    emq-retrain import FOLDER | --csv FILE [--source TAG]     (labelled faces from outside: models.face_import)
 
 1. Build the dataset from the cloud store (:mod:`models.dataset`): human labels
-   first, optionally confident model labels; near-duplicates dropped; split by
-   device and time.
-2. Optionally mix in a base dataset (FER2013 npz) so the model does not forget.
+   first, optionally confident model labels (for training only); near-duplicates
+   dropped; split by device and time into three disjoint parts: training,
+   selection (early stopping) and the gate.
+2. Optionally mix in a base dataset (FER2013 npz), cut the same way: its
+   training split for training, its validation split into a selection part and
+   a disjoint gate part, so the model does not forget and the gate can tell.
 3. Fine-tune the current model (or train from scratch) with augmentation,
-   early stopping, a time budget and reproducible seeds.
-4. Gate: candidate and current model on the same held-out sets; promote only
-   if the candidate is not worse than the margin on any of them.
+   early stopping on the selection sets, a time budget and reproducible seeds.
+4. Gate (:mod:`models.gate`): candidate and current model on the gate sets,
+   which training and selection never saw; promote only if the candidate is
+   significantly better on the collected faces (paired McNemar mid-p) and not
+   worse on FER2013 beyond the non-inferiority margin (Newcombe interval).
 5. Model card (JSON + confusion matrix + learning curves), and, if promoted,
    release over MQTT (retained manifest + bytes) to every edge.
 
-Exit codes: 0 done (promoted or not: the card says), 2 bad config, 3 not
-enough data, 4 release failed.
+Exit codes: 0 done (promoted or refused: the card says), 2 bad config, 3 not
+enough data to train, 4 release failed, 5 undecided: too few labelled faces
+held out for the gate (or no FER2013 gate set) to decide; the card says so.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
 import sys
 import tempfile
@@ -37,28 +45,47 @@ from comms.transport import Transport
 from common.cli import configure_logging, load_or_exit, print_config
 from common.config import StrictSettings
 from contract.topics import Topics
-from models.dataset import CollectedDataset, DatasetSettings, build_dataset
-from runtime.preprocess import resize_faces
+from models.dataset import BaseSplit, CollectedDataset, DatasetSettings, build_dataset, split_base_set
+from models.face_import import ImportSettings
+from models.gate import GateDecision, GateRule
 from runtime.registry import ModelRegistry
 
 log = logging.getLogger("models.retrain")
 
 ENV_PREFIX = "EMQ_RETRAIN__"
 IDENTITY = "retrain"
-EXIT_NO_DATA, EXIT_RELEASE = 3, 4
+EXIT_NO_DATA, EXIT_RELEASE, EXIT_UNDECIDED = 3, 4, 5
 
 
 class DatasetConfig(StrictSettings):
     min_confidence: Annotated[float, Field(gt=0, le=1)] | None = Field(
-        default=None, description="Also use the model's own label when it was at least this sure (None: human labels only)."
+        default=None, description="Also train on the model's own label when it was at least this sure (None: human labels only)."
     )
     duplicate_threshold: Annotated[float, Field(ge=0)] = 6.0
     session_gap_s: Annotated[float, Field(gt=0)] = 30.0
-    validation_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    selection_fraction: Annotated[float, Field(ge=0, lt=1)] = Field(default=0.15, description="Of each device's faces (the latest but the gate's), for early stopping.")
+    gate_fraction: Annotated[float, Field(gt=0, lt=1)] = Field(default=0.25, description="Of each device's faces (the latest), held out for the gate.")
     min_train_samples: Annotated[int, Field(ge=1)] = Field(default=20, description="Refuse to train on fewer collected samples.")
-    base_npz: Path | None = Field(default=None, description="FER2013 npz (x_train/y_train/x_val/y_val) to mix in, so the model does not forget.")
+    base_npz: Path | None = Field(default=None, description="FER2013 npz (x_train/y_train/x_val/y_val) to mix in, so the model does not forget; the gate needs it.")
     base_train_samples: Annotated[int, Field(ge=0)] = 5000
-    base_validation_samples: Annotated[int, Field(ge=0)] = 1000
+    base_selection_samples: Annotated[int, Field(ge=0)] = Field(default=1000, description="x_val faces for early stopping.")
+    base_gate_samples: Annotated[int, Field(ge=1)] | None = Field(default=None, description="x_val faces for the gate, none of them in selection (None: all the others).")
+
+    @model_validator(mode="after")
+    def _leave_faces_to_train(self) -> "DatasetConfig":
+        if self.selection_fraction + self.gate_fraction >= 1:
+            raise ValueError(f"selection_fraction + gate_fraction must be below 1, got {self.selection_fraction + self.gate_fraction}")
+        return self
+
+
+class GateConfig(StrictSettings):
+    alpha: Annotated[float, Field(gt=0, lt=1)] = Field(default=0.05, description="Promote only if McNemar's mid-p on the collected gate faces is below this.")
+    noninferiority_margin: Annotated[float, Field(ge=0, lt=1)] = Field(default=0.005, description="On FER2013's gate faces the interval's lower bound must be above minus this (0.005: half a point).")
+    confidence: Annotated[float, Field(gt=0, lt=1)] = Field(default=0.95, description="Of the Newcombe intervals.")
+    min_deployment_faces: Annotated[int, Field(ge=1)] = Field(default=50, description="Fewer labelled faces held out for the gate: undecided (exit code 5).")
+
+    def rule(self) -> GateRule:
+        return GateRule(**self.model_dump())
 
 
 class TrainingConfig(StrictSettings):
@@ -79,9 +106,10 @@ class RetrainConfig(StrictSettings):
     pki_dir: Path = Path("var/pki")
     mqtt: MqttSettings = Field(default_factory=MqttSettings)
     release: bool = Field(default=True, description="Publish a promoted model to the edges over MQTT.")
-    gate_margin: Annotated[float, Field(ge=0, le=1)] = Field(default=0.01, description="Promote unless worse than the current model by more than this (top-1) on any set.")
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    face_import: ImportSettings = Field(default_factory=ImportSettings, description="emq-retrain import.")
 
     @model_validator(mode="after")
     def _fill_derived(self) -> "RetrainConfig":
@@ -97,39 +125,64 @@ class NotEnoughData(RuntimeError):
 @dataclass
 class Outcome:
     version: str
-    promoted: bool
+    outcome: str  # the gate's: "promoted", "refused" or "undecided"
     released: bool
     card: list[Path]
 
+    @property
+    def promoted(self) -> bool:
+        return self.outcome == "promoted"
 
-def base_dataset(config: DatasetConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
-    """A seeded sample of the base set, resized to the model's 64x64 input as at training time."""
+
+def base_split(config: DatasetConfig) -> BaseSplit | None:
+    """Seeded, disjoint training, selection and gate samples of the base set, resized to 64x64."""
     if config.base_npz is None:
         return None
-    arrays = np.load(config.base_npz)
-    generator = np.random.default_rng(0)
-    train = generator.permutation(len(arrays["y_train"]))[: config.base_train_samples]
-    validation = generator.permutation(len(arrays["y_val"]))[: config.base_validation_samples]
-    return (
-        resize_faces(arrays["x_train"][train]), arrays["y_train"][train].astype(np.int64),
-        resize_faces(arrays["x_val"][validation]), arrays["y_val"][validation].astype(np.int64),
-    )
+    return split_base_set(config.base_npz, config.base_train_samples, config.base_selection_samples, config.base_gate_samples)
 
 
-def training_data(collected: CollectedDataset, base):
+def training_data(collected: CollectedDataset, base: BaseSplit | None):
+    """Training faces and the selection sets that steer early stopping: never a gate face."""
     from models.training import TrainingData  # TensorFlow from here on
 
-    x_train, y_train = collected.x_train, collected.y_train
-    validation = {}
-    if len(collected.y_validation):
-        validation["collected"] = (collected.x_validation, collected.y_validation)
+    x_train, y_train = collected.train.x, collected.train.y
+    selection = {}
+    if len(collected.selection):
+        selection["collected"] = (collected.selection.x, collected.selection.y)
     if base is not None:
-        x_train = np.concatenate([x_train, base[0]])
-        y_train = np.concatenate([y_train, base[1]])
-        validation["fer2013"] = (base[2], base[3])
-    if not validation:
-        raise NotEnoughData("no validation data: collect more sessions or give dataset.base_npz")
-    return TrainingData(x_train=x_train, y_train=y_train, validation=validation)
+        x_train = np.concatenate([x_train, base.train[0]])
+        y_train = np.concatenate([y_train, base.train[1]])
+        if len(base.selection[1]):
+            selection["fer2013"] = base.selection
+    if not selection:
+        raise NotEnoughData("no selection data for early stopping: collect more sessions or give dataset.base_npz")
+    return TrainingData(x_train=x_train, y_train=y_train, validation=selection)
+
+
+def gate_sets(collected: CollectedDataset, base: BaseSplit | None):
+    """The deployment gate set and the reference gate sets (FER2013's)."""
+    references = {"fer2013": base.gate} if base is not None else {}
+    return (collected.gate.x, collected.gate.y), references
+
+
+def collect(config: RetrainConfig) -> CollectedDataset:
+    store = TrainingStore(config.database_url)
+    try:
+        settings = config.dataset
+        return build_dataset(store, DatasetSettings(
+            settings.min_confidence, settings.duplicate_threshold, settings.session_gap_s, settings.selection_fraction, settings.gate_fraction,
+        ))
+    finally:
+        store.close()
+
+
+def warn_if_undecidable(collected: CollectedDataset, base: BaseSplit | None, rule: GateRule) -> None:
+    """Say at the start, not only after training, when the gate will not be able to decide."""
+    if len(collected.gate) < rule.min_deployment_faces:
+        log.warning("only %d labelled faces are held out for the gate (at least %d needed): the gate will be undecided; "
+                    "label (or import) more faces", len(collected.gate), rule.min_deployment_faces)
+    if base is None:
+        log.warning("no dataset.base_npz: without FER2013 gate faces the gate will be undecided")
 
 
 def run_retraining(config: RetrainConfig) -> Outcome:
@@ -139,17 +192,14 @@ def run_retraining(config: RetrainConfig) -> Outcome:
     from models.training import TrainingSettings, train
     from models.versions import next_version, register_version
 
-    store = TrainingStore(config.database_url)
-    try:
-        collected = build_dataset(store, DatasetSettings(
-            config.dataset.min_confidence, config.dataset.duplicate_threshold, config.dataset.session_gap_s, config.dataset.validation_fraction,
-        ))
-    finally:
-        store.close()
+    collected = collect(config)
     log.info("collected data: %s; class balance %s", collected.counts, collected.class_balance())
-    if len(collected.y_train) < config.dataset.min_train_samples:
-        raise NotEnoughData(f"{len(collected.y_train)} collected training samples, fewer than {config.dataset.min_train_samples}: label more faces")
-    data = training_data(collected, base_dataset(config.dataset))
+    if len(collected.train) < config.dataset.min_train_samples:
+        raise NotEnoughData(f"{len(collected.train)} collected training samples, fewer than {config.dataset.min_train_samples}: label more faces")
+    base = base_split(config.dataset)
+    rule = config.gate.rule()
+    warn_if_undecidable(collected, base, rule)
+    data = training_data(collected, base)
 
     registry = ModelRegistry(config.model_store)
     current = registry.current()
@@ -158,33 +208,37 @@ def run_retraining(config: RetrainConfig) -> Outcome:
     run = train(data, settings=settings, start_from=start_from, progress=log.info)
     log.info("trained %d epochs in %.0f s (%s), %.0f images/s", run.epochs_run, run.seconds, run.stopped_reason, run.images_per_second)
 
+    deployment, references = gate_sets(collected, base)
     with tempfile.TemporaryDirectory(prefix="emq-candidate-") as folder:
         candidate = export_tflite(run.model, Path(folder) / "candidate.tflite")
-        decision = gate(
-            candidate_tflite=candidate, current_tflite=registry.path_of(current, "tflite"),
-            evaluation_sets=data.validation, margin=config.gate_margin,
-        )
-        counts = dict(collected.counts, base_train=int(len(data.y_train) - len(collected.y_train)))
+        decision = gate(candidate, registry.path_of(current, "tflite"), deployment, references, rule)
+        counts = dict(collected.counts, **base_counts(base))
         # Refused candidates are registered too (not current): their card needs a version, and the
         # registry is the record of what was tried.
         entry = register_version(
             registry, run.model, version=next_version(registry), parent=current.version,
             metrics=candidate_metrics(decision), data_counts=counts, tflite_path=candidate,
-            source=f"retrained from {current.version} on collected crops" + (" + FER2013" if config.dataset.base_npz else ""),
+            source=f"retrained from {current.version} on collected crops" + (" + FER2013" if base is not None else ""),
             make_current=decision.promote,
         )
     card = write_model_card(
         config.card_dir / entry.version, entry, decision=decision, history=run.history,
         class_counts=collected.class_balance(), training=run.summary(),
     )
-    log.info("gate: %s (%s); model card %s", "PROMOTED" if decision.promote else "kept current", "; ".join(decision.reasons), card[0])
+    log.info("gate: %s (%s); model card %s", decision.outcome.upper(), "; ".join(decision.reasons), card[0])
     released = decision.promote and config.release and release_version(config, registry, entry.version)
-    return Outcome(entry.version, decision.promote, released, card)
+    return Outcome(entry.version, decision.outcome, released, card)
 
 
-def candidate_metrics(decision) -> dict[str, float]:
-    """The candidate's top-1 on each held-out set, as the registry's metrics."""
-    return {f"{name}_val_top1": float(scores["candidate"]) for name, scores in decision.scores.items() if scores.get("candidate") is not None}
+def base_counts(base: BaseSplit | None) -> dict[str, int]:
+    if base is None:
+        return {}
+    return {"base_train": len(base.train_rows), "base_selection": len(base.selection_rows), "base_gate": len(base.gate_rows)}
+
+
+def candidate_metrics(decision: GateDecision) -> dict[str, float]:
+    """The candidate's top-1 on each gate set, as the registry's metrics."""
+    return {f"{name}_gate_top1": float(top1) for name, scores in decision.scores.items() if (top1 := scores["candidate"]) is not None}
 
 
 def release_version(config: RetrainConfig, registry: ModelRegistry, version: str) -> bool:
@@ -203,7 +257,11 @@ def release_version(config: RetrainConfig, registry: ModelRegistry, version: str
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="emq-retrain", description="Fine-tune on collected, labelled faces; gate; release.")
+    parser = argparse.ArgumentParser(
+        prog="emq-retrain", description="Fine-tune on collected, labelled faces; gate; release.",
+        epilog="emq-retrain import --help: import labelled faces from outside. Exit codes: 0 done, 2 bad config, "
+        "3 not enough data, 4 release failed, 5 undecided (too few labelled faces held out for the gate).",
+    )
     parser.add_argument("--config", type=Path)
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--time-budget", type=float, help="seconds of training at most")
@@ -225,6 +283,9 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["import"]:
+        return import_main(argv[1:])
     args = _parser().parse_args(argv)
     configure_logging(args.verbose)
     config = load_or_exit(RetrainConfig, args.config, ENV_PREFIX, _overrides(args), "emq-retrain")
@@ -239,9 +300,78 @@ def main(argv: list[str] | None = None) -> int:
     except (ConnectionError, RuntimeError) as error:
         print(f"emq-retrain: release failed: {error}", file=sys.stderr)
         return EXIT_RELEASE
-    print(f"{outcome.version}: {'promoted' if outcome.promoted else 'not promoted'}"
+    words = {"promoted": "promoted", "refused": "not promoted (refused by the gate)", "undecided": "not promoted (the gate is undecided)"}
+    print(f"{outcome.version}: {words[outcome.outcome]}"
           f"{', released to the edges' if outcome.released else ''}; model card {outcome.card[0]}")
+    return EXIT_UNDECIDED if outcome.outcome == "undecided" else 0
+
+
+# -- emq-retrain import -------------------------------------------------------------------------
+
+
+def _import_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emq-retrain import",
+        description="Store labelled faces from outside (FOLDER/<emotion>/<image>, or a CSV of path,label) as human-labelled crops.",
+    )
+    parser.add_argument("folder", nargs="?", type=Path, help="one sub-folder per emotion name")
+    parser.add_argument("--csv", type=Path, help="rows path,label instead of a folder")
+    parser.add_argument("--source", help="tag stored with every face (default: the folder's or CSV's name)")
+    parser.add_argument("--labelled-by", default="import", help="who gave the labels (stored with each label)")
+    parser.add_argument("--config", type=Path)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def import_main(argv: list[str]) -> int:
+    """``emq-retrain import``: 0 done (the summary lists what was skipped), 2 bad arguments or config, 3 no schema or no model."""
+    from cloud.schema import SchemaError
+    from models.face_import import import_faces, items_from_csv, items_from_folder
+
+    parser = _import_parser()
+    args = parser.parse_args(argv)
+    if (args.folder is None) == (args.csv is None):
+        parser.error("give a FOLDER or --csv FILE (one of them)")
+    configure_logging(args.verbose)
+    config = load_or_exit(RetrainConfig, args.config, ENV_PREFIX, {"release": False}, "emq-retrain import")
+    origin = args.folder if args.folder is not None else args.csv
+    if not (origin.is_dir() if args.folder is not None else origin.is_file()):
+        print(f"emq-retrain import: {origin} does not exist", file=sys.stderr)
+        return 2
+    try:
+        items, problems = items_from_folder(origin) if args.folder is not None else items_from_csv(origin)
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        print(f"emq-retrain import: cannot read {origin}: {error}", file=sys.stderr)
+        return 2
+    try:
+        target = _import_target(config, args.source or origin.resolve().stem, args.labelled_by)
+    except (SchemaError, LookupError, OSError, ValueError) as error:
+        print(f"emq-retrain import: {error}", file=sys.stderr)
+        return EXIT_NO_DATA
+    try:
+        report = import_faces(items, target, config.face_import, problems)
+    finally:
+        target.store.close()
+    for name, reason in report.skipped:
+        print(f"skipped {name}: {reason}")
+    for name, face_id in report.duplicates:
+        print(f"duplicate {name}: already stored as face {face_id}")
+    print(f"emq-retrain import: {report.summary()}")
     return 0
+
+
+def _import_target(config: RetrainConfig, source: str, labelled_by: str):
+    """The store to write to and the current model to classify with (as the edge would have)."""
+    from models.face_import import ImportTarget
+    from runtime.tflite_runner import TFLiteEmotionModel
+
+    registry = ModelRegistry(config.model_store)
+    entry = registry.current()
+    if entry is None:
+        raise LookupError(f"no current model in {registry.store}: run emq-model import-pretrained")
+    model = TFLiteEmotionModel(registry.path_of(entry, "tflite"))
+    store = TrainingStore(config.database_url)
+    return ImportTarget(store, model.predict, entry.name, entry.version, source[:64], labelled_by)
 
 
 if __name__ == "__main__":

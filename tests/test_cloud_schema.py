@@ -65,6 +65,7 @@ def test_a_version_1_database_is_upgraded_in_place(tmp_path):
     store.db.execute("DROP INDEX results_identity")
     store.db.execute("ALTER TABLE results DROP COLUMN epoch")
     store.db.execute("DROP TABLE delivery_marks")
+    downgrade_faces_to_version_3(store)
     make_version_2_frames(store)
     store.db.execute("UPDATE schema_info SET version = 1")
     store.close()
@@ -91,6 +92,7 @@ def test_a_version_2_database_keeps_its_frames_as_files(tmp_path):
     url = f"sqlite:///{tmp_path / 'cloud.db'}"
     store = Store(url)
     make_version_2_frames(store)
+    downgrade_faces_to_version_3(store)
     store.db.execute("UPDATE schema_info SET version = 2")
     store.close()
     upgraded = Store(url)
@@ -101,11 +103,41 @@ def test_a_version_2_database_keeps_its_frames_as_files(tmp_path):
     upgraded.close()
 
 
-def factories_new_result():
+def downgrade_faces_to_version_3(store) -> None:
+    """Schemas up to 3 had no import columns on faces."""
+    store.db.execute("DROP INDEX faces_content")
+    store.db.execute("ALTER TABLE faces DROP COLUMN content_sha256")
+    store.db.execute("ALTER TABLE faces DROP COLUMN source")
+
+
+def test_a_version_3_database_gets_the_import_columns(tmp_path):
+    """Schema 4 added faces.source and faces.content_sha256 (unique): edge faces keep NULL in both."""
+    url = f"sqlite:///{tmp_path / 'cloud.db'}"
+    store = Store(url)
+    with store.transaction():
+        store.add_results([factories_new_result(faces=[factories.face()])], 0.0)
+    downgrade_faces_to_version_3(store)
+    store.db.execute("UPDATE schema_info SET version = 3")
+    store.close()
+    with pytest.raises(schema.SchemaError, match="older"):
+        TrainingStore(url)
+    upgraded = Store(url)
+    assert schema.check(upgraded.db) == schema.SCHEMA_VERSION == 4
+    assert upgraded.db.query("SELECT source, content_sha256 FROM faces") == [(None, None)]
+    upgraded.db.execute("UPDATE faces SET content_sha256 = 'x'")
+    with pytest.raises(Exception, match="UNIQUE"):  # the digest index came with the upgrade
+        with upgraded.transaction():
+            upgraded.add_results([factories_new_result(faces=[factories.face()])], 0.0)
+            upgraded.db.execute("UPDATE faces SET content_sha256 = 'x' WHERE content_sha256 IS NULL")
+    upgraded.close()
+
+
+def factories_new_result(faces=None):
     from cloud.store import NewResult
 
-    result = factories.result(seq=0, faces=[])
-    return NewResult(result, [], result.to_json().decode())
+    result = factories.result(seq=0, faces=faces or [])
+    crops = [None] * len(result.faces)
+    return NewResult(result, crops, result.to_json().decode())
 
 
 def test_emq_db_migrates_and_reports_the_version(tmp_path):

@@ -5,7 +5,7 @@ Split by client, each part opening the same database (SQLite or PostgreSQL,
 
 * :class:`IngestStore` — the ingest's writes (it also migrates the schema, :mod:`cloud.schema`);
 * :class:`DashboardStore` — the web UI's reads and its labels;
-* :class:`TrainingStore` — the retraining job's faces and crops;
+* :class:`TrainingStore` — the retraining job's faces and crops, and the labelled faces it imports;
 * :class:`RetentionStore` — the retention sweep's queries and deletes.
 
 Readers check the schema version on opening and refuse a database that is
@@ -19,8 +19,8 @@ transaction.
 from cloud.store.dashboard import DashboardStore
 from cloud.store.ingest import IngestStore
 from cloud.store.retention import RetentionStore
-from cloud.store.rows import DeviceRow, FaceRow, FrameRow, NewFrame, NewResult, QuarantineRow, ResultRow
-from cloud.store.training import TrainingStore
+from cloud.store.rows import DeviceRow, FaceRow, FrameRow, ImportedFace, NewFrame, NewResult, QuarantineRow, ResultRow
+from cloud.store.training import IMPORT_DEVICE_ID, TrainingStore
 
 
 class Store(IngestStore, DashboardStore, TrainingStore, RetentionStore):
@@ -31,6 +31,6 @@ class Store(IngestStore, DashboardStore, TrainingStore, RetentionStore):
 
 
 __all__ = [
-    "DashboardStore", "DeviceRow", "FaceRow", "FrameRow", "IngestStore", "NewFrame", "NewResult", "QuarantineRow",
-    "ResultRow", "RetentionStore", "Store", "TrainingStore",
+    "IMPORT_DEVICE_ID", "DashboardStore", "DeviceRow", "FaceRow", "FrameRow", "ImportedFace", "IngestStore", "NewFrame",
+    "NewResult", "QuarantineRow", "ResultRow", "RetentionStore", "Store", "TrainingStore",
 ]

@@ -23,6 +23,11 @@ from cloud.store.rows import (
 from contract.emotions import EMOTIONS
 
 
+def camera_faces(where: str, parameters: list) -> tuple[str, list]:
+    """Restrict a faces WHERE clause to faces a camera saw: imported faces have no place in its charts."""
+    return f"{where} AND source IS NULL" if where else " WHERE source IS NULL", parameters
+
+
 class CropReader(StorePart):
     """The stored 64x64 face crops (the dashboard shows them, training learns from them)."""
 
@@ -99,7 +104,7 @@ class DashboardStore(CropReader):
     # == charts ============================================================================
     def emotion_share(self, device_id: str | None, since: float, until: float, bucket_s: int) -> list[tuple[float, str, int]]:
         """(bucket start, label, faces) for a stacked chart of emotions over time."""
-        where, parameters = filters(device_id, None, since, until)
+        where, parameters = camera_faces(*filters(device_id, None, since, until))
         rows = self.db.query(
             f"SELECT CAST(captured_at / ? AS BIGINT) * ? AS bucket, label, COUNT(*) FROM faces{where}"
             " GROUP BY bucket, label ORDER BY bucket, label",
@@ -109,12 +114,12 @@ class DashboardStore(CropReader):
 
     def face_time_range(self, device_id: str | None, since: float | None, until: float | None) -> tuple[float, float] | None:
         """First and last capture time of the faces a chart would cover; None when there are none."""
-        where, parameters = filters(device_id, None, since, until)
+        where, parameters = camera_faces(*filters(device_id, None, since, until))
         row = self.db.query(f"SELECT MIN(captured_at), MAX(captured_at) FROM faces{where}", parameters)[0]
         return None if row[0] is None else (float(row[0]), float(row[1]))
 
     def devices_with_faces(self, since: float | None, until: float | None) -> list[str]:
-        where, parameters = filters(None, None, since, until)
+        where, parameters = camera_faces(*filters(None, None, since, until))
         return [row[0] for row in self.db.query(f"SELECT DISTINCT device_id FROM faces{where} ORDER BY device_id", parameters)]
 
     # == labels ============================================================================

@@ -62,6 +62,8 @@ class FaceRow:
     model_version: str
     has_crop: bool
     human_label: str | None = None
+    source: str | None = None  # None: seen by an edge device; else the tag of the import it came from
+    content_sha256: str | None = None  # imported faces: SHA-256 of the crop's pixels
 
     @classmethod
     def from_columns(cls, columns: dict[str, Any]) -> "FaceRow":
@@ -71,7 +73,8 @@ class FaceRow:
             confidence=columns["confidence"], probabilities={name: columns[f"p_{name}"] for name in EMOTIONS},
             box=(columns["box_x"], columns["box_y"], columns["box_w"], columns["box_h"]),
             model_version=columns["model_version"], has_crop=bool(columns["has_crop"]),
-            human_label=columns.get("human_label"),
+            human_label=columns.get("human_label"), source=columns.get("source"),
+            content_sha256=columns.get("content_sha256"),
         )
 
 
@@ -147,6 +150,25 @@ class NewResult:
     document: str
 
 
+@dataclass(frozen=True)
+class ImportedFace:
+    """A labelled face from outside the fleet (``emq-retrain import``), ready to store as a human-labelled crop."""
+
+    source: str  # the import's tag (e.g. the folder's name)
+    file_name: str  # the picture it came from, relative to the imported folder or CSV
+    label: str  # the person's label, one of EMOTIONS
+    labelled_by: str
+    crop_png: bytes  # the 64x64 grey crop, as the edge cuts it
+    content_sha256: str  # of the crop's pixels: the same face is stored once
+    probabilities: tuple[float, ...]  # the current model's, in EMOTIONS order
+    model_name: str
+    model_version: str
+    box: tuple[int, int, int, int]  # the face in the picture (the whole picture for a crop)
+    width: int  # the picture's size
+    height: int
+    imported_at: float
+
+
 def column_list(record: type, table_alias: str = "") -> str:
     """``SELECT`` list naming exactly the record's stored fields (so rows map back by name)."""
     prefix = f"{table_alias}." if table_alias else ""
@@ -160,7 +182,7 @@ DEVICE_COLUMNS = column_list(DeviceRow)
 FACE_COLUMNS = (
     "f.id, f.result_id, f.device_id, f.captured_at, f.track_id, f.label, f.confidence, "
     + ", ".join(f"f.p_{name}" for name in EMOTIONS)
-    + ", f.box_x, f.box_y, f.box_w, f.box_h, f.model_version, (f.crop_png IS NOT NULL) AS has_crop"
+    + ", f.box_x, f.box_y, f.box_w, f.box_h, f.model_version, (f.crop_png IS NOT NULL) AS has_crop, f.source, f.content_sha256"
 )
 LATEST_LABEL = (
     "(SELECT l.label FROM labels l WHERE l.face_id = f.id ORDER BY l.labelled_at DESC, l.id DESC LIMIT 1) AS human_label"

@@ -10,28 +10,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-Box = tuple[int, int, int, int]
+from runtime.faces import Box, box_area, expand_box, intersection_area, remove_nested, scale_box, square_box, to_box
 
-
-def to_box(values: Sequence[float]) -> Box:
-    """Round any 4 numbers (e.g. an OpenCV int32 row) to a plain-int box."""
-    x, y, width, height = (int(round(float(value))) for value in values)
-    return x, y, width, height
-
-
-def square_box(box: Box) -> Box:
-    """Grow the shorter side so the box is square, keeping its centre."""
-    x, y, width, height = box
-    side = max(width, height)
-    return x - (side - width) // 2, y - (side - height) // 2, side, side
-
-
-def expand_box(box: Box, margin: float) -> Box:
-    """Grow a box by ``margin`` times its own width/height on every side."""
-    x, y, width, height = box
-    grow_x = int(round(width * margin))
-    grow_y = int(round(height * margin))
-    return x - grow_x, y - grow_y, width + 2 * grow_x, height + 2 * grow_y
+# The helpers the whole-image detection and the crop need live in runtime.faces (the retraining job's
+# import cuts faces with them too); they are re-exported here for the rest of the edge.
+__all__ = [
+    "Box", "box_area", "clip_box", "expand_box", "greedy_matches", "intersection_over_union", "iou_matrix",
+    "offset_box", "remove_duplicates", "remove_nested", "scale_box", "square_box", "to_box",
+]
 
 
 def clip_box(box: Box, frame_width: int, frame_height: int) -> Box | None:
@@ -44,24 +30,15 @@ def clip_box(box: Box, frame_width: int, frame_height: int) -> Box | None:
     return left, top, right - left, bottom - top
 
 
-def scale_box(box: Box, factor: float) -> Box:
-    """Multiply every coordinate by ``factor`` (map between detection and frame resolution)."""
-    return to_box(value * factor for value in box)
-
-
 def offset_box(box: Box, delta_x: int, delta_y: int) -> Box:
     """Move a box (map a detection inside a sub-image back to the whole image)."""
     x, y, width, height = box
     return x + delta_x, y + delta_y, width, height
 
 
-def box_area(box: Box) -> int:
-    return max(box[2], 0) * max(box[3], 0)
-
-
 def intersection_over_union(first: Box, second: Box) -> float:
     """IoU of two boxes: 0 when disjoint, 1 when identical."""
-    intersection = _intersection_area(first, second)
+    intersection = intersection_area(first, second)
     union = box_area(first) + box_area(second) - intersection
     return intersection / union if union > 0 else 0.0
 
@@ -112,29 +89,3 @@ def remove_duplicates(boxes: Sequence[Box], overlap_threshold: float = 0.5) -> l
         if all(intersection_over_union(box, other) < overlap_threshold for other in kept):
             kept.append(box)
     return kept
-
-
-def remove_nested(boxes: Sequence[Box], containment_threshold: float = 0.6) -> list[Box]:
-    """Drop a box lying mostly (>= threshold of its area) inside a larger one.
-
-    The Haar cascade often fires on a mouth or eye region inside a face; a real
-    face is practically never hidden inside another face's box.
-    """
-    kept: list[Box] = []
-    for box in boxes:
-        area = box_area(box)
-        if area == 0:
-            continue
-        inside_larger = any(
-            box_area(other) > area and _intersection_area(box, other) >= containment_threshold * area
-            for other in boxes
-        )
-        if not inside_larger:
-            kept.append(box)
-    return kept
-
-
-def _intersection_area(first: Box, second: Box) -> int:
-    width = min(first[0] + first[2], second[0] + second[2]) - max(first[0], second[0])
-    height = min(first[1] + first[3], second[1] + second[3]) - max(first[1], second[1])
-    return max(width, 0) * max(height, 0)

@@ -18,12 +18,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-import cv2
 import numpy as np
 
 from contract.emotions import NUM_EMOTIONS
-from edge.perception.boxes import Box, expand_box, square_box
+from edge.perception.boxes import Box
 from edge.perception.settings import ClassificationSettings
+from runtime.faces import crop_face  # shared with the retraining job's import, so its faces are cut alike
 from runtime.preprocess import FACE_SIZE, normalize_faces, resize_faces
 
 
@@ -48,21 +48,6 @@ def predict_function_of(model: EmotionModel | PredictFunction) -> PredictFunctio
     if callable(model):
         return model
     raise TypeError(f"{type(model).__name__} has no predict(batch) method and is not callable")
-
-
-def crop_face(gray: np.ndarray, box: Box, margin: float) -> np.ndarray:
-    """Square grey crop around a face box, grown by ``margin``; out-of-frame parts replicate the edge."""
-    x, y, width, height = expand_box(square_box(box), margin)
-    frame_height, frame_width = gray.shape[:2]
-    left, top = max(x, 0), max(y, 0)
-    right, bottom = min(x + width, frame_width), min(y + height, frame_height)
-    if right <= left or bottom <= top:
-        raise ValueError(f"face box {box} lies outside the {frame_width}x{frame_height} frame")
-    inside = gray[top:bottom, left:right]
-    pads = (top - y, y + height - bottom, left - x, x + width - right)
-    if not any(pads):
-        return inside
-    return cv2.copyMakeBorder(inside, *pads, borderType=cv2.BORDER_REPLICATE)
 
 
 class FaceClassifier:

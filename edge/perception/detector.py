@@ -22,55 +22,19 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from edge.perception.boxes import (
-    Box,
-    clip_box,
-    expand_box,
-    offset_box,
-    remove_duplicates,
-    remove_nested,
-    scale_box,
-    to_box,
-)
+from edge.perception.boxes import Box, clip_box, expand_box, offset_box, remove_duplicates, remove_nested, scale_box
 from edge.perception.settings import DetectionSettings
-
-DEFAULT_CASCADE_FILE = "haarcascade_frontalface_default.xml"
-
-
-class DetectorError(RuntimeError):
-    """The cascade could not be loaded."""
-
-
-def default_cascade_path() -> str:
-    """Path of the frontal-face cascade bundled with opencv-python."""
-    return cv2.data.haarcascades + DEFAULT_CASCADE_FILE
-
-
-def load_cascade(path: str | None) -> cv2.CascadeClassifier:
-    """Load a Haar cascade, failing loudly: an empty classifier would silently find nothing."""
-    cascade_path = path or default_cascade_path()
-    cascade = cv2.CascadeClassifier(cascade_path)
-    if cascade.empty():
-        raise DetectorError(f"cannot load Haar cascade {cascade_path!r}")
-    return cascade
-
-
-def to_gray(frame_bgr: np.ndarray) -> np.ndarray:
-    """Grey version of a BGR (or already grey) frame."""
-    if frame_bgr.ndim == 2:
-        return frame_bgr
-    if frame_bgr.shape[2] == 4:
-        return cv2.cvtColor(frame_bgr, cv2.COLOR_BGRA2GRAY)
-    return cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY)
-
-
-def resize_by(gray: np.ndarray, factor: float) -> np.ndarray:
-    """Resize by ``factor``: INTER_AREA to shrink (averages pixels, no aliasing), INTER_LINEAR to enlarge."""
-    if factor == 1.0:
-        return gray
-    height, width = gray.shape[:2]
-    size = (max(int(round(width * factor)), 1), max(int(round(height * factor)), 1))
-    return cv2.resize(gray, size, interpolation=cv2.INTER_AREA if factor < 1.0 else cv2.INTER_LINEAR)
+# The whole-frame search and the cascade's loading are shared with the retraining job's import.
+from runtime.faces import (  # noqa: F401 (DetectorError, default_cascade_path, to_gray: re-exported)
+    DetectorError,
+    cascade_window_size,
+    default_cascade_path,
+    find_faces,
+    load_cascade,
+    resize_by,
+    run_cascade,
+    to_gray,
+)
 
 
 def pyramid_window_size(target: float, window_size: int, scale_factor: float) -> float:
@@ -94,7 +58,7 @@ class FaceDetector:
     def __init__(self, settings: DetectionSettings | None = None) -> None:
         self.settings = settings or DetectionSettings()
         self._cascade = load_cascade(self.settings.cascade_path)
-        self._window_size = int(min(self._cascade.getOriginalWindowSize())) or 24
+        self._window_size = cascade_window_size(self._cascade)
         self._roi_window_size = pyramid_window_size(
             self.settings.roi_face_size, self._window_size, self.settings.scale_factor
         )
@@ -132,12 +96,16 @@ class FaceDetector:
 
     def detect_full(self, gray: np.ndarray) -> list[Box]:
         """Search the whole (downscaled) frame at every allowed face size."""
-        scale = self.settings.detect_scale
-        image = resize_by(self._prepared(gray), scale)
-        min_side = self._scaled_min_side()
-        max_side = self._scaled_max_side(max(image.shape[:2]))
-        boxes = remove_nested(self._run_cascade(image, min_side, max_side, self.settings.min_neighbors))
-        return [scale_box(box, 1.0 / scale) for box in boxes]
+        settings = self.settings
+        return find_faces(
+            self._prepared(gray),
+            self._cascade,
+            scale_factor=settings.scale_factor,
+            min_neighbors=settings.min_neighbors,
+            min_face_size=settings.min_face_size,
+            max_face_size=settings.max_face_size,
+            detect_scale=settings.detect_scale,
+        )
 
     def detect_in_regions(self, gray: np.ndarray, tracked_boxes: Sequence[Box]) -> list[Box]:
         """Search only around each tracked face, only for sizes close to the tracked size."""
@@ -180,27 +148,10 @@ class FaceDetector:
         return [offset_box(scale_box(box, 1.0 / resize_factor), region_x, region_y) for box in detections]
 
     def _run_cascade(self, image: np.ndarray, min_side: int, max_side: int, min_neighbors: int) -> list[Box]:
-        detections = self._cascade.detectMultiScale(
-            image,
-            scaleFactor=self.settings.scale_factor,
-            minNeighbors=min_neighbors,
-            minSize=(min_side, min_side),
-            maxSize=(max_side, max_side),
-        )
-        return [to_box(row) for row in detections]
+        return run_cascade(self._cascade, image, self.settings.scale_factor, min_neighbors, min_side, max_side)
 
     def _prepared(self, gray: np.ndarray) -> np.ndarray:
         if self.settings.equalize_hist:
             # Equalise the whole frame, not each region, so both searches see the same pixels.
             return cv2.equalizeHist(gray)
         return gray
-
-    def _scaled_min_side(self) -> int:
-        scaled = int(round(self.settings.min_face_size * self.settings.detect_scale))
-        return max(scaled, self._window_size)
-
-    def _scaled_max_side(self, upper_bound: float) -> int:
-        if self.settings.max_face_size is None:
-            return int(np.ceil(upper_bound))
-        scaled = int(np.ceil(self.settings.max_face_size * self.settings.detect_scale))
-        return max(min(scaled, int(np.ceil(upper_bound))), self._window_size)
