@@ -2,6 +2,7 @@
 
     emq-retrain [--config retrain.toml] [--epochs 5] [--time-budget 900] [--no-release]
     emq-retrain import FOLDER | --csv FILE [--source TAG]     (labelled faces from outside: models.face_import)
+    emq-retrain release VERSION                               (send a registered version to the edges again)
 
 1. Build the dataset from the cloud store (:mod:`models.dataset`): human labels
    first, optionally confident model labels (for training only); near-duplicates
@@ -20,8 +21,11 @@
    release over MQTT (retained manifest + bytes) to every edge.
 
 Exit codes: 0 done (promoted or refused: the card says), 2 bad config, 3 not
-enough data to train, 4 release failed, 5 undecided: too few labelled faces
-held out for the gate (or no FER2013 gate set) to decide; the card says so.
+enough data to train, 4 release failed (the promoted model is registered and
+current; ``emq-retrain release VERSION`` sends it again), 5 undecided: too few
+labelled faces held out for the gate (or no FER2013 gate set) to decide; the
+card says so, 6 the candidate could not be exported to LiteRT or evaluated by
+the gate (nothing was registered).
 """
 
 from __future__ import annotations
@@ -54,7 +58,8 @@ log = logging.getLogger("models.retrain")
 
 ENV_PREFIX = "EMQ_RETRAIN__"
 IDENTITY = "retrain"
-EXIT_NO_DATA, EXIT_RELEASE, EXIT_UNDECIDED = 3, 4, 5
+EXIT_NO_DATA, EXIT_RELEASE, EXIT_UNDECIDED, EXIT_GATE = 3, 4, 5, 6
+RELEASE_CONNECT_TIMEOUT_S = 30.0
 
 
 class DatasetConfig(StrictSettings):
@@ -122,6 +127,14 @@ class NotEnoughData(RuntimeError):
     pass
 
 
+class GateFailed(RuntimeError):
+    """The candidate could not be exported to LiteRT or judged by the gate; nothing was registered."""
+
+
+class ReleaseFailed(RuntimeError):
+    """The promoted model is registered and current, but sending it to the edges failed."""
+
+
 @dataclass
 class Outcome:
     version: str
@@ -187,8 +200,6 @@ def warn_if_undecidable(collected: CollectedDataset, base: BaseSplit | None, rul
 
 def run_retraining(config: RetrainConfig) -> Outcome:
     from models.card import write_model_card
-    from models.convert import export_tflite
-    from models.gate import gate
     from models.training import TrainingSettings, train
     from models.versions import next_version, register_version
 
@@ -210,8 +221,7 @@ def run_retraining(config: RetrainConfig) -> Outcome:
 
     deployment, references = gate_sets(collected, base)
     with tempfile.TemporaryDirectory(prefix="emq-candidate-") as folder:
-        candidate = export_tflite(run.model, Path(folder) / "candidate.tflite")
-        decision = gate(candidate, registry.path_of(current, "tflite"), deployment, references, rule)
+        candidate, decision = export_and_gate(run.model, Path(folder), registry.path_of(current, "tflite"), deployment, references, rule)
         counts = dict(collected.counts, **base_counts(base))
         # Refused candidates are registered too (not current): their card needs a version, and the
         # registry is the record of what was tried.
@@ -228,6 +238,18 @@ def run_retraining(config: RetrainConfig) -> Outcome:
     log.info("gate: %s (%s); model card %s", decision.outcome.upper(), "; ".join(decision.reasons), card[0])
     released = decision.promote and config.release and release_version(config, registry, entry.version)
     return Outcome(entry.version, decision.outcome, released, card)
+
+
+def export_and_gate(model, folder: Path, current_tflite: Path, deployment, references, rule: GateRule) -> tuple[Path, GateDecision]:
+    """The candidate as LiteRT, judged by the gate; any failure of either is a :class:`GateFailed`."""
+    from models.convert import export_tflite
+    from models.gate import gate
+
+    try:
+        candidate = export_tflite(model, folder / "candidate.tflite")
+        return candidate, gate(candidate, current_tflite, deployment, references, rule)
+    except Exception as error:  # LiteRT conversion or inference: a different failure from a release's
+        raise GateFailed(f"the candidate could not be exported or gated: {type(error).__name__}: {error}") from error
 
 
 def base_counts(base: BaseSplit | None) -> dict[str, int]:
@@ -247,9 +269,13 @@ def release_version(config: RetrainConfig, registry: ModelRegistry, version: str
     manifest, blob = release_files(registry, version)
     client: Transport = MqttClient(config.mqtt).start()
     try:
-        if not client.wait_connected(30):
-            raise ConnectionError(f"cannot reach the broker: {client.last_error}")
+        if not client.wait_connected(RELEASE_CONNECT_TIMEOUT_S):
+            raise ReleaseFailed(f"cannot reach the broker: {client.last_error}")
         publish_release(client, Topics(config.mqtt.topic_prefix), manifest, blob)
+    except (ConnectionError, RuntimeError) as error:
+        if isinstance(error, ReleaseFailed):
+            raise
+        raise ReleaseFailed(str(error)) from error
     finally:
         client.stop(announce_stopped=False)
     log.info("released %s %s (%d bytes, sha256 %s) to the fleet", manifest.name, manifest.version, manifest.size, manifest.sha256[:12])
@@ -260,7 +286,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="emq-retrain", description="Fine-tune on collected, labelled faces; gate; release.",
         epilog="emq-retrain import --help: import labelled faces from outside. Exit codes: 0 done, 2 bad config, "
-        "3 not enough data, 4 release failed, 5 undecided (too few labelled faces held out for the gate).",
+        "3 not enough data, 4 release failed, 5 undecided (too few labelled faces held out for the gate), "
+        "6 the candidate could not be exported to LiteRT or gated.",
     )
     parser.add_argument("--config", type=Path)
     parser.add_argument("--epochs", type=int)
@@ -286,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["import"]:
         return import_main(argv[1:])
+    if argv[:1] == ["release"]:
+        return release_main(argv[1:])
     args = _parser().parse_args(argv)
     configure_logging(args.verbose)
     config = load_or_exit(RetrainConfig, args.config, ENV_PREFIX, _overrides(args), "emq-retrain")
@@ -297,13 +326,41 @@ def main(argv: list[str] | None = None) -> int:
     except NotEnoughData as error:
         print(f"emq-retrain: {error}", file=sys.stderr)
         return EXIT_NO_DATA
-    except (ConnectionError, RuntimeError) as error:
-        print(f"emq-retrain: release failed: {error}", file=sys.stderr)
+    except GateFailed as error:
+        print(f"emq-retrain: {error}", file=sys.stderr)
+        return EXIT_GATE
+    except ReleaseFailed as error:
+        print(f"emq-retrain: release failed: {error} (the model is registered; `emq-retrain release VERSION` sends it again)",
+              file=sys.stderr)
         return EXIT_RELEASE
     words = {"promoted": "promoted", "refused": "not promoted (refused by the gate)", "undecided": "not promoted (the gate is undecided)"}
     print(f"{outcome.version}: {words[outcome.outcome]}"
           f"{', released to the edges' if outcome.released else ''}; model card {outcome.card[0]}")
     return EXIT_UNDECIDED if outcome.outcome == "undecided" else 0
+
+
+def release_main(argv: list[str]) -> int:
+    """``emq-retrain release VERSION``: publish a registered version to the fleet (after a failed release)."""
+    parser = argparse.ArgumentParser(prog="emq-retrain release", description="Send a registered model version to the edges.")
+    parser.add_argument("version")
+    parser.add_argument("--config", type=Path)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+    config = load_or_exit(RetrainConfig, args.config, ENV_PREFIX, {}, "emq-retrain release")
+    registry = ModelRegistry(config.model_store)
+    try:
+        registry.get(args.version)
+    except Exception as error:
+        print(f"emq-retrain release: {error}", file=sys.stderr)
+        return EXIT_NO_DATA
+    try:
+        release_version(config, registry, args.version)
+    except ReleaseFailed as error:
+        print(f"emq-retrain release: {error}", file=sys.stderr)
+        return EXIT_RELEASE
+    print(f"{args.version}: released to the edges")
+    return 0
 
 
 # -- emq-retrain import -------------------------------------------------------------------------
