@@ -90,3 +90,15 @@ def assert_complete_once(messages, expected_count: int | None = None) -> list[in
     if expected_count is not None:
         assert total == expected_count, f"{total} results, expected {expected_count}"
     return [seq for seqs in by_epoch.values() for seq in seqs]
+
+
+def run_agent(spawned, env: dict[str, str], tmp_path: Path, *arguments: str) -> subprocess.Popen:
+    """``emq-edge`` logging to ``tmp_path/agent.log``, killed at the test's end (``spawned``)."""
+    process = start_agent(env, tmp_path / "agent.log", *arguments)
+    spawned.append(process)
+    return process
+
+
+def agent_log(tmp_path: Path) -> str:
+    path = tmp_path / "agent.log"
+    return path.read_text(errors="replace") if path.exists() else ""

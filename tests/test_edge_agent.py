@@ -15,7 +15,9 @@ import pytest
 from contract.topics import Channel
 from contract.validation import FrameMeta, parse_frame, parse_reply, parse_result, parse_stats
 from tests.conftest import WAIT_S, console_script, media_file, subscribe_and_wait, wait_until
-from tests.edge_helpers import agent_env, assert_complete_once, outbox_depth, produced_count, start_agent, unique_results
+from tests.edge_helpers import (
+    agent_env, agent_log, assert_complete_once, outbox_depth, produced_count, run_agent, start_agent, unique_results,
+)
 
 AGENT_TIMEOUT_S = 120
 OUTAGE_S = 10.0
@@ -26,17 +28,6 @@ def persistent_ingest(mqtt_client, topics):
     """A subscriber that never misses a QoS 1 result, even across broker restarts."""
     client = mqtt_client("ingest", client_id="test-ingest", clean_start=False, session_expiry_s=600)
     return subscribe_and_wait(client, topics.all_devices(Channel.RESULT))
-
-
-def run_agent(spawned, env, tmp_path, *arguments) -> subprocess.Popen:
-    process = start_agent(env, tmp_path / "agent.log", *arguments)
-    spawned.append(process)
-    return process
-
-
-def agent_log(tmp_path) -> str:
-    path = tmp_path / "agent.log"
-    return path.read_text(errors="replace") if path.exists() else ""
 
 
 def test_every_processed_frame_yields_a_valid_result_in_order(broker, pki_dir, tmp_path, mqtt_client, topics, spawned):

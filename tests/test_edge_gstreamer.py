@@ -14,24 +14,13 @@ import pytest
 
 from edge.cli import EXIT_SOURCE  # 4: the source cannot be opened or has no readable frame
 from tests.conftest import WAIT_S, console_script, media_file, subscribe_and_wait, wait_until
-from tests.edge_helpers import agent_env, assert_complete_once, start_agent, unique_results
+from tests.edge_helpers import agent_env, agent_log, assert_complete_once, run_agent, start_agent, unique_results
 from tests.test_gstreamer import child_gone
 
 pytestmark = pytest.mark.skipif(
     shutil.which("gst-launch-1.0") is None, reason="gst-launch-1.0 missing: apt-get install gstreamer1.0-tools"
 )
 CHILD_PID = re.compile(r"gst-launch pid (\d+)")
-
-
-def run_agent(spawned, env, tmp_path, *arguments) -> subprocess.Popen:
-    process = start_agent(env, tmp_path / "agent.log", *arguments)
-    spawned.append(process)
-    return process
-
-
-def agent_log(tmp_path) -> str:
-    path = tmp_path / "agent.log"
-    return path.read_text(errors="replace") if path.exists() else ""
 
 
 def child_pids(tmp_path) -> list[int]:

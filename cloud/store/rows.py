@@ -98,9 +98,8 @@ FRAMES_IN_DATABASE = "database"
 
 
 @dataclass(frozen=True)
-class NewFrame:
-    """A frame to record. ``path`` is its unique name relative to the data folder; with
-    ``jpeg`` set the bytes are kept in the database (no shared disk needed), else in that file."""
+class _FrameFacts:
+    """What every frame record says about its frame; ``path`` is its unique name below the data folder."""
 
     device_id: str
     frame_number: int
@@ -110,6 +109,13 @@ class NewFrame:
     height: int
     size_bytes: int
     path: str
+
+
+@dataclass(frozen=True)
+class NewFrame(_FrameFacts):
+    """A frame to record. With ``jpeg`` set the bytes are kept in the database (no shared disk
+    needed), else in the file ``path`` names."""
+
     jpeg: bytes | None = None
 
     @property
@@ -118,19 +124,11 @@ class NewFrame:
 
 
 @dataclass(frozen=True)
-class FrameRow:
+class FrameRow(_FrameFacts):
     """A stored frame: where its bytes are (``stored_in``: a file below the data folder, or the database)."""
 
-    id: int
-    device_id: str
-    frame_number: int
-    captured_at: float
-    result_msg_id: str | None
-    width: int
-    height: int
-    size_bytes: int
-    path: str
     stored_in: str
+    id: int
 
     @classmethod
     def from_columns(cls, columns: dict[str, Any]) -> "FrameRow":
