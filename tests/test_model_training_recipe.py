@@ -79,14 +79,14 @@ def test_bad_recipe_settings_are_refused() -> None:
 
 
 def test_a_reached_target_accuracy_ends_the_run(fer2013, pretrained_keras) -> None:  # noqa: F811
-    settings = TrainingSettings(epochs=5, time_budget_s=120, target_accuracy=0.3, label_smoothing=0.1)
+    settings = TrainingSettings(epochs=5, time_budget_s=3600, target_accuracy=0.3, label_smoothing=0.1)
     run = train(fer2013, settings=settings, start_from=pretrained_keras, progress=None)
     assert run.stopped_reason == "target" and run.epochs_run == 1  # the pretrained model is above 30 % at once
     assert run.summary()["settings"]["target_accuracy"] == 0.3
 
 
 def test_a_killed_run_resumes_from_its_last_epoch(fer2013, pretrained_keras, tmp_path, monkeypatch) -> None:  # noqa: F811
-    settings = TrainingSettings(epochs=3, time_budget_s=300, checkpoint_dir=tmp_path / "checkpoint")
+    settings = TrainingSettings(epochs=3, time_budget_s=3600, checkpoint_dir=tmp_path / "checkpoint")
     original = _ProgressLog.on_epoch_end
 
     def killed_after_the_second_epoch(self, epoch, logs=None):
