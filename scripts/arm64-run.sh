@@ -180,6 +180,7 @@ build_rootfs() {
   start=$(now)
   debootstrap --arch=arm64 --foreign --variant=minbase "$suite" "$ROOTFS" "$mirror" >"$WORK/debootstrap-1.log" 2>&1 \
     || die "debootstrap first stage failed; see $WORK/debootstrap-1.log"
+  record debootstrap_first_stage_s "$(elapsed "$start")"
   cp /usr/bin/qemu-aarch64-static "$ROOTFS/usr/bin/"  # for binfmt entries without the F flag, and EMQ_ARM64_QEMU=explicit
   cp -L /etc/resolv.conf "$ROOTFS/etc/"
   log "debootstrap second stage (emulated)"
@@ -201,14 +202,20 @@ install_python() {
   in_chroot python3 --version >"$ROOTFS/.emq-python-ok"
 }
 
-# The working tree as git sees it (tracked and new files, nothing ignored), as a wheel would ship it.
+# What the wheel is built from, as git sees the working tree (tracked and new files, nothing ignored):
+# a change to tests or docs does not reinstall.
+wheel_sources() {
+  git ls-files -z -co --exclude-standard -- pyproject.toml README.md common contract comms broker runtime edge cloud webui models \
+    | grep -zv '^models/store$'
+}
+
 copy_source() {
   local target=$ROOTFS$GUEST/src
   rm -rf "$target" && mkdir -p "$target"
-  git ls-files -z -co --exclude-standard | grep -zv '^models/store$' | tar -c --null -T - | tar -x -C "$target"
+  wheel_sources | tar -c --null -T - | tar -x -C "$target"
 }
 
-source_hash() { git ls-files -z -co --exclude-standard | grep -zv '^models/store$' | xargs -0 sha256sum | sha256sum | cut -c1-16; }
+source_hash() { wheel_sources | xargs -0 sha256sum | sha256sum | cut -c1-16; }
 
 install_edge() {
   local deps_stamp code_stamp start
