@@ -8,6 +8,7 @@
 #   scripts/arm64-run.sh edge ARGS  run `emq-edge ARGS` in the chroot; EMQ_EDGE__* variables pass through,
 #                                   EMQ_ARM64_PKI / EMQ_ARM64_DATA name the host folders it sees as
 #                                   /opt/emq/pki (read-only) and /opt/emq/data
+#   scripts/arm64-run.sh exec CMD   run CMD in the chroot (e.g. /opt/emq/venv/bin/python -c 'import cv2')
 #   scripts/arm64-run.sh wheels     which aarch64 wheels (glibc <= 2.27) pip picks for CPython 3.10-3.13
 #   scripts/arm64-run.sh clean      delete var/arm64/ (refuses while anything is mounted in it)
 #
@@ -17,8 +18,9 @@
 #
 # Settings (environment): EMQ_ARM64_DIR (var/arm64), EMQ_ARM64_SUITE (the host's codename),
 # EMQ_ARM64_MIRROR (the host's Debian mirror), EMQ_ARM64_SOURCE (../shared/media/test.mp4),
-# EMQ_ARM64_FRAMES (40), EMQ_ARM64_PORT (18883), EMQ_ARM64_QEMU=explicit (start the agent through
-# qemu-aarch64-static instead of binfmt_misc), EMQ_VENV (host venv with the broker tools, .venv).
+# EMQ_ARM64_FRAMES (40), EMQ_ARM64_PORT (18883), EMQ_ARM64_CPU (QEMU's CPU model, cortex-a57),
+# EMQ_ARM64_QEMU=explicit (start the agent through qemu-aarch64-static instead of binfmt_misc),
+# EMQ_VENV (the host venv with the broker tools, .venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +33,9 @@ HOST_BIN=$(realpath -m "${EMQ_VENV:-.venv}")/bin
 MOUNTS=()                           # mounted by this process, unmounted in reverse order on exit
 PIDS=()                             # started by this process, stopped on exit
 HOLDS_LOCK=0
+# The emulated CPU: the TX2's Cortex-A57 (ARMv8.0: NEON, no fp16 arithmetic, no dot product, no SVE),
+# so that OpenCV and LiteRT take the code paths they would take there. QEMU's default is "max".
+CPU=${EMQ_ARM64_CPU:-cortex-a57}
 
 log() { printf '\033[1m[arm64]\033[0m %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -39,9 +44,11 @@ die() { log "error: $*"; exit 1; }
 
 cleanup() {
   local status=$? index
+  set +e  # a failing kill or wait (a stopped child's 143) must not cut the cleanup short
   stop_chroot_processes
   for ((index = ${#PIDS[@]} - 1; index >= 0; index--)); do
-    kill "${PIDS[index]}" 2>/dev/null && wait "${PIDS[index]}" 2>/dev/null
+    kill "${PIDS[index]}" 2>/dev/null
+    wait "${PIDS[index]}" 2>/dev/null
   done
   for ((index = ${#MOUNTS[@]} - 1; index >= 0; index--)); do
     umount "${MOUNTS[index]}" 2>/dev/null || umount -l "${MOUNTS[index]}" || log "could not unmount ${MOUNTS[index]}"
@@ -50,15 +57,25 @@ cleanup() {
 }
 # Whatever still runs inside our chroot (an agent left by Ctrl-C or an error) was started by this
 # script: found by its root directory, stopped by its pid, before the unmounts it would block.
-stop_chroot_processes() {
-  local proc pid
-  ((HOLDS_LOCK)) && [[ -d $ROOTFS ]] || return 0  # only the holder of the lock uses the chroot
+chroot_processes() {
+  local proc
   for proc in /proc/[0-9]*; do
-    [[ "$(readlink "$proc/root" 2>/dev/null)" == "$ROOTFS" ]] || continue
-    pid=${proc#/proc/}
-    log "stopping $pid ($(tr '\0' ' ' <"$proc/cmdline" 2>/dev/null | cut -c1-80)) still running in the chroot"
-    kill "$pid" 2>/dev/null || true
+    [[ "$(readlink "$proc/root" 2>/dev/null)" == "$ROOTFS" ]] && echo "${proc#/proc/}"
   done
+  return 0
+}
+
+stop_chroot_processes() {
+  local pid deadline
+  ((HOLDS_LOCK)) && [[ -d $ROOTFS ]] || return 0  # only the holder of the lock uses the chroot
+  for pid in $(chroot_processes); do
+    log "stopping $pid ($(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | cut -c1-80)) still running in the chroot"
+    kill "$pid" 2>/dev/null
+  done
+  deadline=$((SECONDS + 15))
+  while [[ -n "$(chroot_processes)" ]] && ((SECONDS < deadline)); do sleep 0.2; done  # polling: they hold the mounts
+  for pid in $(chroot_processes); do kill -KILL "$pid" 2>/dev/null; done
+  return 0
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -75,17 +92,32 @@ mounted_under() { findmnt -rn -o TARGET | awk -v root="$1" 'index($0, root "/") 
 
 bind() {  # bind SOURCE TARGET [ro]
   local source=$1 target=$2
-  mkdir -p "$target"
+  [[ -d $source ]] && mkdir -p "$target"
+  [[ -f $source && ! -e $target ]] && touch "$target"
   mount --bind "$source" "$target"
   MOUNTS+=("$target")
+  mount --make-private "$target"  # nothing mounted below it reaches the host's tree
   [[ "${3:-}" == ro ]] && mount -o remount,bind,ro "$target"
   return 0
+}
+
+# QEMU 7.2 (Debian 12) passes the host's /proc/cpuinfo through: an x86 one. LiteRT >= 2.2 reads it
+# (through the cpuinfo library) and segfaults in allocate_tensors; 2.1 does not. Real arm64 kernels
+# list their cores there, so the chroot gets a file like theirs: one Cortex-A57 (the TX2's main
+# cluster) per host CPU, so that the count agrees with /sys/devices/system/cpu.
+write_cpuinfo() {
+  local cpu
+  for ((cpu = 0; cpu < $(nproc --all); cpu++)); do
+    printf 'processor\t: %d\nBogoMIPS\t: 62.50\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid\n' "$cpu"
+    printf 'CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x1\nCPU part\t: 0xd07\nCPU revision\t: 3\n\n'
+  done >"$1"
 }
 
 mount_system() {
   local dir
   [[ -z "$(mounted_under "$ROOTFS")" ]] || die "something is already mounted under $ROOTFS (a killed run?): $(mounted_under "$ROOTFS" | tr '\n' ' ')"
   for dir in proc sys dev; do bind "/$dir" "$ROOTFS/$dir"; done
+  write_cpuinfo "$WORK/cpuinfo" && bind "$WORK/cpuinfo" "$ROOTFS/proc/cpuinfo" ro
   # DNS and the host's trust store (a proxy's CA, if the host has one) so pip reaches the registry.
   cp -L /etc/resolv.conf /etc/hosts "$ROOTFS/etc/"
   mkdir -p "$ROOTFS/etc/emq" && cp -L "$(host_ca_bundle)" "$ROOTFS/etc/emq/host-ca.crt"
@@ -102,7 +134,7 @@ host_ca_bundle() {
 # A clean environment in the chroot: nothing of the host's PATH, pip config or PYTHONPATH.
 guest_env() {
   local variable
-  printf '%s\0' HOME=/root LANG=C.UTF-8 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+  printf '%s\0' QEMU_CPU="$CPU" HOME=/root LANG=C.UTF-8 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PIP_CERT=/etc/emq/host-ca.crt PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=180 DEBIAN_FRONTEND=noninteractive
   for variable in $(compgen -e | grep -E '^EMQ_(EDGE__|MODEL_STORE$)' || true); do
     printf '%s\0' "$variable=${!variable}"
@@ -232,11 +264,11 @@ install_edge() {
     record pip_install_s "$(elapsed "$start")"
   else
     log "pip install --no-deps . (the code changed)"
-    in_chroot sh -c "cd $GUEST/src && $GUEST_VENV/bin/pip install --no-deps --force-reinstall ." >"$WORK/pip.log" 2>&1 \
-      || die "pip install failed; see $WORK/pip.log"
+    in_chroot sh -c "cd $GUEST/src && $GUEST_VENV/bin/pip install --no-deps --force-reinstall ." >"$WORK/pip-code.log" 2>&1 \
+      || die "pip install failed; see $WORK/pip-code.log"
   fi
+  [[ -f $deps_stamp ]] || record_versions  # after the full install: pip.log names the wheels
   rm -f "$ROOTFS$GUEST"/.deps-* "$ROOTFS$GUEST"/.code-* && touch "$deps_stamp" "$code_stamp"
-  record_versions
 }
 
 record_versions() {
@@ -358,7 +390,9 @@ monitor_sub() {
 # Results with their arrival time (%U); -d adds the SUBACK line we wait for before starting the agent.
 start_subscriber() {
   local file=$1 deadline
-  monitor_sub -d -t "emotion/devices/arm64-cam/result" -F '%U %p' >"$file" 2>&1 &
+  # Line-buffered: its debug lines would otherwise sit in a stdio buffer.
+  stdbuf -oL mosquitto_sub -h localhost -p "$PORT" --cafile "$WORK/pki/ca.crt" --cert "$WORK/pki/clients/monitor.crt" \
+    --key "$WORK/pki/clients/monitor.key" -d -t "emotion/devices/arm64-cam/result" -F '%U %p' >"$file" 2>&1 &
   PIDS+=($!)
   deadline=$((SECONDS + 20))
   until grep -q 'received SUBACK' "$file"; do
@@ -411,9 +445,10 @@ main() {
             mount_system; extract_frames "${2:?number of frames}"; echo "$FRAMES" ;;
     edge) shift; take_lock; [[ -f $ROOTFS$GUEST_VENV/bin/emq-edge ]] || die "run prepare first"
           [[ "${EMQ_ARM64_QEMU:-binfmt}" == explicit ]] || ensure_binfmt; mount_system; run_edge "$@" ;;
+    exec) shift; take_lock; ensure_binfmt; mount_system; in_chroot "$@" ;;
     wheels) check_wheels ;;
     clean) take_lock; [[ -z "$(mounted_under "$WORK")" ]] || die "something is mounted under $WORK"; rm -rf --one-file-system "$WORK" ;;
-    *) sed -n '2,20p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,/^set -euo/p' "$0" | sed '$d' >&2; exit 2 ;;
   esac
 }
 
