@@ -156,7 +156,7 @@ in_chroot() {
 record() {  # record STEP SECONDS
   mkdir -p "$WORK"
   { grep -v "^$1=" "$TIMINGS" 2>/dev/null || true; echo "$1=$2"; } >"$TIMINGS.new" && mv "$TIMINGS.new" "$TIMINGS"
-  log "$1: $2 s"
+  log "$1=$2"
 }
 
 now() { date +%s.%N; }
@@ -409,7 +409,12 @@ report_run() {
   "$(host_tool emq-validate)" --summary <"$results" >"$WORK/validated.txt" || die "results break the contract: $(grep INVALID "$WORK/validated.txt" | head -3)"
   grep -E '^[0-9]+\.[0-9]+ \{' "$received" | awk -v start="$agent_start" '
     NR == 1 { first = $1 } { last = $1; count++ }
-    END { printf "first_result_s=%.1f\nresults=%d\nresult_rate_fps=%.2f\n", first - start, count, count > 1 ? (count - 1) / (last - first) : 0 }' \
+    END { printf "first_result_s=%.1f\nresults=%d\nresult_rate_fps=%.2f\n", first - start, count, (count > 1 ? (count - 1) / (last - first) : 0) }' \
+    | while IFS='=' read -r key value; do record "$key" "$value"; done
+  # The agent's own count: frames processed over its run time (model load and first frame included).
+  python3 -c 'import json, re, sys
+totals = json.loads(re.search(r"edge totals: (\{.*\})", open(sys.argv[1]).read()).group(1))
+print("agent_fps=%.2f" % (totals["frames_processed"] / totals["duration_s"]))' "$agent_log" \
     | while IFS='=' read -r key value; do record "$key" "$value"; done
   log "$(grep -o 'edge totals: .*' "$agent_log" || echo 'no totals line')"
   log "$(wc -l <"$results") results valid against the contract; first: $(head -n1 "$WORK/validated.txt")"
