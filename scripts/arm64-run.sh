@@ -20,6 +20,7 @@
 # EMQ_ARM64_MIRROR (the host's Debian mirror), EMQ_ARM64_SOURCE (../shared/media/test.mp4),
 # EMQ_ARM64_FRAMES (40), EMQ_ARM64_PORT (18883), EMQ_ARM64_CPU (QEMU's CPU model, cortex-a57),
 # EMQ_ARM64_QEMU=explicit (start the agent through qemu-aarch64-static instead of binfmt_misc),
+# EMQ_ARM64_WHEELS=glibc-2.27 (run on the dependency wheels a glibc-2.27 JetPack 4.6 device gets),
 # EMQ_VENV (the host venv with the broker tools, .venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +37,7 @@ HOLDS_LOCK=0
 # The emulated CPU: the TX2's Cortex-A57 (ARMv8.0: NEON, no fp16 arithmetic, no dot product, no SVE),
 # so that OpenCV and LiteRT take the code paths they would take there. QEMU's default is "max".
 CPU=${EMQ_ARM64_CPU:-cortex-a57}
+GLIBC227=$GUEST/wheels-glibc2.27    # EMQ_ARM64_WHEELS=glibc-2.27: the dependency wheels a JetPack 4.6 device gets
 
 log() { printf '\033[1m[arm64]\033[0m %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -136,6 +138,7 @@ guest_env() {
   local variable
   printf '%s\0' QEMU_CPU="$CPU" HOME=/root LANG=C.UTF-8 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PIP_CERT=/etc/emq/host-ca.crt PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=180 DEBIAN_FRONTEND=noninteractive
+  [[ "${EMQ_ARM64_WHEELS:-}" == glibc-2.27 ]] && printf '%s\0' "PYTHONPATH=$GLIBC227"
   for variable in $(compgen -e | grep -E '^EMQ_(EDGE__|MODEL_STORE$)' || true); do
     printf '%s\0' "$variable=${!variable}"
   done
@@ -280,6 +283,26 @@ record_versions() {
   log "installed versions in $WORK/versions.txt"
 }
 
+# Debian 12 has glibc 2.36, so pip picks e.g. OpenCV's manylinux_2_28 and cryptography's
+# manylinux_2_34 wheels there; a JetPack 4.6 device (glibc 2.27) gets the manylinux2014 builds.
+# Those go into their own folder, first on PYTHONPATH, so the agent runs on what a TX2 would install.
+install_glibc227_wheels() {
+  local stamp start platforms=() minor
+  stamp=$ROOTFS$GLIBC227/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+  [[ -f $stamp ]] && return
+  for minor in 17 18 19 20 21 22 23 24 25 26 27; do platforms+=(--platform "manylinux_2_${minor}_aarch64"); done
+  edge_requirements >"$ROOTFS$GUEST/requirements-edge.txt"
+  log "pip install the glibc <= 2.27 wheels of the edge's dependencies into $GLIBC227 (emulated)"
+  start=$(now)
+  rm -rf "${ROOTFS:?}$GLIBC227"
+  in_chroot "$GUEST_VENV/bin/pip" install --no-cache-dir --only-binary=:all: "${platforms[@]}" --platform manylinux2014_aarch64 \
+    --target "$GLIBC227" -r "$GUEST/requirements-edge.txt" >"$WORK/pip-glibc227.log" 2>&1 \
+    || die "pip install of the glibc 2.27 wheels failed; see $WORK/pip-glibc227.log"
+  record pip_install_glibc227_s "$(elapsed "$start")"
+  grep -h '^Tag:' "$ROOTFS$GLIBC227"/*.dist-info/WHEEL | sort -u >"$WORK/wheels-glibc227-tags.txt"
+  touch "$stamp"
+}
+
 prepare() {
   install_host_packages
   ensure_binfmt
@@ -287,6 +310,7 @@ prepare() {
   mount_system
   install_python
   install_edge
+  if [[ "${EMQ_ARM64_WHEELS:-}" == glibc-2.27 ]]; then install_glibc227_wheels; fi
 }
 
 # --- static check: which wheels pip picks for aarch64 and glibc <= 2.27, per Python version -------
@@ -358,7 +382,8 @@ run_edge() {
   bind "$(model_store)" "$ROOTFS$GUEST/models" ro
   if [[ -n "${EMQ_ARM64_FRAMES_DIR:-}" ]]; then bind "$EMQ_ARM64_FRAMES_DIR" "$ROOTFS$GUEST/frames" ro; fi
   export EMQ_EDGE__PKI_DIR=$GUEST/pki EMQ_EDGE__DATA_DIR=$GUEST/data EMQ_MODEL_STORE=$GUEST/models
-  log "emq-edge on $(in_chroot "$GUEST_VENV/bin/python" -c 'import platform; print(platform.machine(), "Python", platform.python_version())')"
+  log "emq-edge on $(in_chroot "$GUEST_VENV/bin/python" -c 'import platform, cv2
+print(platform.machine(), "Python", platform.python_version(), "OpenCV from", cv2.__file__.rsplit("/cv2/", 1)[0])')"
   in_chroot "$GUEST_VENV/bin/python" "$GUEST_VENV/bin/emq-edge" "$@"
 }
 
