@@ -186,6 +186,10 @@ ensure_binfmt() {
   [[ -e $node/status ]] || mount -t binfmt_misc binfmt_misc "$node" 2>/dev/null || true
   [[ -e $node/qemu-aarch64 ]] || update-binfmts --enable qemu-aarch64 2>/dev/null || true
   if [[ ! -e $node/qemu-aarch64 ]] || ! grep -qx enabled "$node/qemu-aarch64"; then
+    if [[ "${EMQ_ARM64_QEMU:-binfmt}" == explicit ]]; then
+      log "no binfmt_misc for qemu-aarch64: only an already prepared rootfs can be used (EMQ_ARM64_QEMU=explicit)"
+      return 0
+    fi
     die "cannot register qemu-aarch64 in binfmt_misc (a container without it?). debootstrap's second stage and pip spawn arm64 subprocesses and need it; only the agent itself can run without it (EMQ_ARM64_QEMU=explicit) in a rootfs prepared elsewhere."
   fi
 }
@@ -474,7 +478,7 @@ main() {
     frames) take_lock; install_host_packages; ensure_binfmt; [[ -f $ROOTFS$GUEST_VENV/bin/emq-edge ]] || die "run prepare first"
             mount_system; extract_frames "${2:?number of frames}"; echo "$FRAMES" ;;
     edge) shift; take_lock; [[ -f $ROOTFS$GUEST_VENV/bin/emq-edge ]] || die "run prepare first"
-          [[ "${EMQ_ARM64_QEMU:-binfmt}" == explicit ]] || ensure_binfmt; mount_system; run_edge "$@" ;;
+          ensure_binfmt; mount_system; run_edge "$@" ;;
     exec) shift; take_lock; ensure_binfmt; mount_system; in_chroot "$@" ;;
     wheels) check_wheels ;;
     clean) take_lock; [[ -z "$(mounted_under "$WORK")" ]] || die "something is mounted under $WORK"; rm -rf --one-file-system "$WORK" ;;
