@@ -75,6 +75,8 @@ class BaseRunOptions:
     card_dir: Path = Path("docs/model-cards")
     card_markdown_dir: Path = Path("docs")
     latency_repeats: int = 300
+    max_parameters: int = MAX_PARAMETERS  # the edge's budget (issue #12)
+    max_ms_per_face: float = MAX_MS_PER_FACE  # on one core through LiteRT, batch 1
     rule: GateRule = field(default_factory=GateRule)
 
     def __post_init__(self) -> None:
@@ -189,7 +191,8 @@ def run_base_training(settings: Any, options: BaseRunOptions) -> dict[str, Any]:
     model, run_summary, history = trained_model(settings, options, parts, registry, current, log)
     summary = evaluate_candidate(model, options, parts, registry, current, log)
     summary.update(training=run_summary, learning_curve=learning_curve(history), data_counts=parts.counts())
-    decision = base_gate(Path(summary["candidate_tflite"]), registry, current, parts.gate, options.rule, summary)
+    decision = base_gate(Path(summary["candidate_tflite"]), registry, current, parts.gate, options.rule, summary,
+                         options.max_parameters, options.max_ms_per_face)
     summary["gate"] = decision.to_json()
     summary["registered"] = None
     if decision.promote and options.register:
@@ -282,7 +285,8 @@ def learning_curve(history: dict[str, list[float]]) -> list[dict[str, float]]:
 
 
 def base_gate(candidate_tflite: Path, registry: ModelRegistry, current: Any, gate_faces: tuple[np.ndarray, np.ndarray],
-              rule: GateRule, summary: dict[str, Any]) -> GateDecision:
+              rule: GateRule, summary: dict[str, Any], max_parameters: int = MAX_PARAMETERS,
+              max_ms_per_face: float = MAX_MS_PER_FACE) -> GateDecision:
     """A base model replaces the default only if significantly better on the FER2013 gate faces
     (McNemar mid-p < alpha, :func:`models.gate.compare_deployment`) and within the edge's budget."""
     from models.convert import evaluate_tflite
@@ -298,7 +302,7 @@ def base_gate(candidate_tflite: Path, registry: ModelRegistry, current: Any, gat
         current_classes = evaluate_tflite(current_path, faces, labels).predicted_classes
         current_sha256 = sha256_file(current_path)
     comparison = compare_deployment(GATE_SET, PairedCounts.of(labels, candidate, current_classes), rule)
-    outcome, verdict = _base_verdict(comparison, summary)
+    outcome, verdict = _base_verdict(comparison, summary, max_parameters, max_ms_per_face)
     return GateDecision(
         outcome=outcome, comparisons={GATE_SET: comparison}, reasons=[comparison.reason, verdict], rule=rule,
         confusion={GATE_SET: confusion_matrix(labels, candidate).tolist()},
@@ -306,11 +310,11 @@ def base_gate(candidate_tflite: Path, registry: ModelRegistry, current: Any, gat
     )
 
 
-def _base_verdict(comparison: Any, summary: dict[str, Any]) -> tuple[str, str]:
-    if summary["parameters"] > MAX_PARAMETERS:
-        return "refused", f"refused: {summary['parameters']} parameters, more than {MAX_PARAMETERS}"
-    if summary["ms_per_face_one_core"] > MAX_MS_PER_FACE:
-        return "refused", f"refused: {summary['ms_per_face_one_core']} ms per face on one core, more than {MAX_MS_PER_FACE}"
+def _base_verdict(comparison: Any, summary: dict[str, Any], max_parameters: int, max_ms_per_face: float) -> tuple[str, str]:
+    if summary["parameters"] > max_parameters:
+        return "refused", f"refused: {summary['parameters']} parameters, more than {max_parameters}"
+    if summary["ms_per_face_one_core"] > max_ms_per_face:
+        return "refused", f"refused: {summary['ms_per_face_one_core']} ms per face on one core, more than {max_ms_per_face}"
     if not comparison.decides:
         return "undecided", f"undecided: {comparison.reason}"
     if not comparison.passed:

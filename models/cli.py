@@ -115,6 +115,7 @@ def _add_train_base(commands: argparse._SubParsersAction, common: argparse.Argum
     add("--train-limit", type=int, default=None, help="train on at most this many faces (quick looks, tests)")
     add("--evaluation-limit", type=int, default=None, help="report on the first N PublicTest faces only (tests)")
     add("--latency-repeats", type=int, default=300)
+    add("--max-ms-per-face", type=float, default=1.0, help="the gate refuses a slower model (one core, LiteRT, batch 1)")
     add("--version", default=None, help="version to register (default: the next major, e.g. 2.0.0)")
     add("--card-dir", type=Path, default=Path("docs/model-cards"))
     add("--no-register", action="store_true", help="report and gate, but never write the store")
@@ -227,7 +228,7 @@ def _train_base(arguments: argparse.Namespace) -> int:
         train_limit=arguments.train_limit, evaluation_limit=arguments.evaluation_limit,
         register=not arguments.no_register, store=arguments.store, version=arguments.version,
         card_dir=arguments.card_dir, card_markdown_dir=arguments.card_dir.parent,
-        latency_repeats=arguments.latency_repeats,
+        latency_repeats=arguments.latency_repeats, max_ms_per_face=arguments.max_ms_per_face,
     )
     summary = run_base_training(settings, options)
     print(json.dumps({key: value for key, value in summary.items() if key != "gate"} | {"gate": summary["gate"]["outcome"]}, indent=2))
