@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.base_model import BaseRunOptions, load_parts, selection_split
+from models.base_model import BaseRunOptions, RunLog, default_version, load_parts, selection_split
 
 REPO_STORE = Path(__file__).resolve().parents[1] / "models" / "store"
 FER2013_NPZ = Path(__file__).resolve().parents[2] / "shared" / "data" / "fer2013_trainval.npz"
@@ -38,6 +38,25 @@ def test_selection_never_holds_a_public_test_face(tmp_path: Path) -> None:
     assert parts.selection[0].max() < 255 and parts.train[0].max() < 255
     assert len(parts.public_test[1]) == 90 and parts.public_test[0].min() == 255
     assert len(parts.gate[1]) == 60  # the retraining gate's cut: the rest of PublicTest after its selection part
+
+
+def test_the_budget_counts_every_attempt_of_a_run(tmp_path: Path) -> None:
+    first = RunLog(tmp_path)
+    first.started -= 100  # as if the first attempt had run 100 s before it was killed
+    first("epoch 1/4 batch 7/404")
+    second = RunLog(tmp_path)
+    assert 100 <= second.spent_before < 110
+    assert 3490 <= second.remaining(3600) <= 3500 and second.remaining(None) is None
+    assert second.remaining(50) == 1.0  # spent: train() still gets a valid budget and stops at once
+    assert "epoch 1/4 batch 7/404" in (tmp_path / "progress.log").read_text()
+
+
+def test_a_base_model_is_a_new_major_version(tmp_path: Path) -> None:
+    from runtime.registry import ModelRegistry
+
+    assert default_version(ModelRegistry(tmp_path / "empty")) == "1.0.0"
+    if (REPO_STORE / "registry.json").is_file():
+        assert default_version(ModelRegistry(REPO_STORE)).endswith(".0.0")
 
 
 # -- tiny runs of the command (TensorFlow) ----------------------------------------------------------
