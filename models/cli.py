@@ -4,6 +4,8 @@
     emq-model list [--store DIR]
     emq-model show [VERSION] [--store DIR]
     emq-model evaluate [VERSION] --npz PATH [--store DIR]
+    emq-model train-base --npz PATH [--from-scratch] [--time-budget-s S] [--target-accuracy A]
+        [--checkpoint-dir DIR] [--no-register] [--store DIR]     (models.base_model)
 
 ``list`` and ``show`` only read the registry; TensorFlow is imported only by
 the commands that need it (``import-pretrained``, and ``evaluate`` for the
@@ -82,7 +84,42 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluator.add_argument("version", nargs="?", default=None)
     evaluator.add_argument("--npz", type=Path, required=True, help="FER2013 npz with x_val and y_val")
     evaluator.set_defaults(handler=_evaluate)
+    _add_train_base(commands, common)
     return parser
+
+
+def _add_train_base(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    """``train-base``: the defaults are the recipe of the shipped base run (fine-tuning the current default)."""
+    trainer = commands.add_parser(
+        "train-base", parents=[common],
+        help="train a better base model on FER2013 Training, report on PublicTest, register it if the gate promotes it",
+    )
+    add = trainer.add_argument
+    add("--npz", type=Path, required=True, help="FER2013 npz (x_train, y_train, x_val, y_val)")
+    add("--from-scratch", action="store_true", help="a new model instead of fine-tuning the current default")
+    add("--epochs", type=int, default=20)
+    add("--batch-size", type=int, default=64)
+    add("--learning-rate", type=float, default=None, help="peak rate (default: 5e-4 fine-tuning, 1e-3 from scratch)")
+    add("--schedule", choices=["cosine", "constant"], default="cosine")
+    add("--warmup-epochs", type=int, default=1)
+    add("--label-smoothing", type=float, default=0.1)
+    add("--mixup-alpha", type=float, default=0.0, help="> 0 mixes each batch with a shuffled copy (Beta(a, a))")
+    add("--random-erasing", type=float, default=0.25, help="probability of one grey rectangle per face")
+    add("--no-augment", action="store_true", help="no flip/rotate/shift/zoom warps")
+    add("--patience", type=int, default=6, help="epochs without a lower selection loss before stopping")
+    add("--time-budget-s", type=float, default=3600.0, help="training seconds, over every attempt of the run")
+    add("--target-accuracy", type=float, default=None, help="stop once the selection split reaches it")
+    add("--selection-fraction", type=float, default=0.1, help="of FER2013 Training, for early stopping and the target")
+    add("--seed", type=int, default=7)
+    add("--checkpoint-dir", type=Path, default=Path("var/train-base"), help="resume from here; the summary is kept here")
+    add("--train-limit", type=int, default=None, help="train on at most this many faces (quick looks, tests)")
+    add("--evaluation-limit", type=int, default=None, help="report on the first N PublicTest faces only (tests)")
+    add("--latency-repeats", type=int, default=300)
+    add("--max-ms-per-face", type=float, default=1.0, help="the gate refuses a slower model (one core, LiteRT, batch 1)")
+    add("--version", default=None, help="version to register (default: the next major, e.g. 2.0.0)")
+    add("--card-dir", type=Path, default=Path("docs/model-cards"))
+    add("--no-register", action="store_true", help="report and gate, but never write the store")
+    trainer.set_defaults(handler=_train_base)
 
 
 def _configure_logging(level: str) -> None:
@@ -167,6 +204,34 @@ def _evaluate(arguments: argparse.Namespace) -> int:
             f"  Keras top-1 {keras_result.top1:.4f}, TFLite/Keras agreement "
             f"{top1_agreement(keras_result, tflite_result):.4f}"
         )
+    return 0
+
+
+def _train_base(arguments: argparse.Namespace) -> int:
+    if not arguments.npz.is_file():
+        raise FileNotFoundError(f"--npz {arguments.npz} does not exist")
+    from models.base_model import BaseRunOptions, run_base_training
+    from models.training import TrainingSettings
+
+    learning_rate = arguments.learning_rate or (1e-3 if arguments.from_scratch else 5e-4)
+    settings = TrainingSettings(
+        epochs=arguments.epochs, batch_size=arguments.batch_size, learning_rate=learning_rate,
+        patience=arguments.patience, time_budget_s=arguments.time_budget_s, seed=arguments.seed,
+        augment=not arguments.no_augment, from_scratch=arguments.from_scratch,
+        label_smoothing=arguments.label_smoothing, mixup_alpha=arguments.mixup_alpha,
+        random_erasing=arguments.random_erasing, schedule=arguments.schedule,
+        warmup_epochs=arguments.warmup_epochs if arguments.schedule == "cosine" else 0,
+        target_accuracy=arguments.target_accuracy,
+    )
+    options = BaseRunOptions(
+        npz=arguments.npz, checkpoint_dir=arguments.checkpoint_dir, selection_fraction=arguments.selection_fraction,
+        train_limit=arguments.train_limit, evaluation_limit=arguments.evaluation_limit,
+        register=not arguments.no_register, store=arguments.store, version=arguments.version,
+        card_dir=arguments.card_dir, card_markdown_dir=arguments.card_dir.parent,
+        latency_repeats=arguments.latency_repeats, max_ms_per_face=arguments.max_ms_per_face,
+    )
+    summary = run_base_training(settings, options)
+    print(json.dumps({key: value for key, value in summary.items() if key != "gate"} | {"gate": summary["gate"]["outcome"]}, indent=2))
     return 0
 
 

@@ -291,6 +291,20 @@ def evaluate_tflite(path: Path, x: np.ndarray, y: np.ndarray, num_threads: int |
     return _evaluation(probabilities, y)
 
 
+def evaluate_tflite_with_flip(
+    path: Path, x: np.ndarray, y: np.ndarray, num_threads: int | None = None
+) -> tuple[Evaluation, Evaluation]:
+    """Top-1 of a TFLite file on ``x`` as it is, and with flip test-time augmentation.
+
+    Flip TTA averages the probabilities of each face and of its mirror image
+    (left-right); expressions are nearly symmetric, so the mirror is a second,
+    almost independent look at the same face for one more inference.
+    """
+    plain = evaluate_tflite(path, x, y, num_threads)
+    mirrored = evaluate_tflite(path, np.ascontiguousarray(x[:, :, ::-1, :]), y, num_threads)
+    return plain, _evaluation((plain.probabilities + mirrored.probabilities) / 2.0, y)
+
+
 def top1_agreement(first: Evaluation, second: Evaluation) -> float:
     """Fraction of faces on which two models predict the same class."""
     return float(np.mean(first.predicted_classes == second.predicted_classes))

@@ -3,6 +3,8 @@ that ends the run, and a run that resumes after being killed. Small and fast (a 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -97,7 +99,9 @@ def test_a_killed_run_resumes_from_its_last_epoch(fer2013, pretrained_keras, tmp
     monkeypatch.setattr(_ProgressLog, "on_epoch_end", killed_after_the_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         train(fer2013, settings=settings, start_from=pretrained_keras, progress=None)
-    assert (tmp_path / "checkpoint" / "early-stopping.json").exists()
+    state = json.loads((tmp_path / "checkpoint" / "early-stopping.json").read_text())
+    assert state["best_epoch"] in (0, 1)  # the state of the epochs that ended, saved after early stopping saw them
+    assert (tmp_path / "checkpoint" / "best.weights.npz").exists()
     monkeypatch.setattr(_ProgressLog, "on_epoch_end", original)
 
     lines: list[str] = []

@@ -256,8 +256,12 @@ class _TrainingCallbacks:
 
         The resume checkpoint comes first: ``BackupAndRestore`` restores the
         weights, the optimizer and the epoch counter before the first epoch.
+        The best-weights checkpoint comes right after early stopping, so it
+        saves the state of the epoch that just ended, not of the one before.
         """
-        return [*self.resume, self.throughput, self.validation, self.early_stopping, self.target, self.time_budget, self.progress]
+        backup, best_weights = self.resume[:1], self.resume[1:]
+        return [*backup, self.throughput, self.validation, self.early_stopping, *best_weights, self.target, self.time_budget,
+                self.progress]
 
     def stopped_reason(self) -> StoppedReason:
         if self.target.reached_at is not None:
