@@ -195,14 +195,15 @@ class ClassificationSettings(StrictSettings):
 
     crop_margin: float = Field(
         default=0.08,
-        ge=0.0,
+        ge=-0.2,
         le=1.0,
         description="Fraction of the (squared) Haar face side added left and right of the face, and above and "
-        "below it too unless crop_margin_y is set. Parts outside the frame are edge-replicated.",
+        "below it too unless crop_margin_y is set; negative trims the box. Parts outside the frame are "
+        "edge-replicated.",
     )
     crop_margin_y: float | None = Field(
         default=None,
-        ge=0.0,
+        ge=-0.2,
         le=1.0,
         description="Fraction of the face side added above and below the face; None uses crop_margin (a square "
         "crop). A different value gives a non-square crop that is stretched to the model's square input.",
