@@ -293,6 +293,7 @@ class Split:
     boxes: list[Box]
     total: int
     other_detections: int
+    placement: np.ndarray  # per detected face: box centre x, y offset and side, relative to the true square; IoU
 
     @property
     def detection_rate(self) -> float:
@@ -308,6 +309,7 @@ def detect_split(name: str, split: int, faces: np.ndarray, labels: np.ndarray, b
     detector = FaceDetector(DetectionSettings())
     indices: list[int] = []
     boxes: list[Box] = []
+    placement: list[tuple[float, float, float, float]] = []
     others = 0
     for index, face in enumerate(faces):
         scene = make_scene(face, backgrounds, scene_rng(split, index))
@@ -317,7 +319,26 @@ def detect_split(name: str, split: int, faces: np.ndarray, labels: np.ndarray, b
         if box is not None:
             indices.append(index)
             boxes.append(box)
-    return Split(name, split, faces, labels, np.asarray(indices, dtype=np.int64), boxes, len(faces), others)
+            placement.append(box_placement(box, scene.truth))
+    return Split(name, split, faces, labels, np.asarray(indices, dtype=np.int64), boxes, len(faces), others,
+                 np.asarray(placement))
+
+
+def box_placement(box: Box, truth: Box) -> tuple[float, float, float, float]:
+    """Where a Haar box lies on the face: centre offset (x, y) and side as fractions of the true side, and IoU."""
+    side = truth[2]
+    offset_x = (box[0] + box[2] / 2 - truth[0] - side / 2) / side
+    offset_y = (box[1] + box[3] / 2 - truth[1] - side / 2) / side
+    return offset_x, offset_y, box[2] / side, intersection_over_union(box, truth)
+
+
+def placement_summary(split: Split) -> dict:
+    """Median and 10th/90th percentiles of the box placement over the detected faces."""
+    percentiles = np.percentile(split.placement, [10, 50, 90], axis=0)
+    return {
+        name: {"p10": float(percentiles[0, column]), "median": float(percentiles[1, column]), "p90": float(percentiles[2, column])}
+        for column, name in enumerate(("centre_x", "centre_y", "side", "iou"))
+    }
 
 
 # -- classification -----------------------------------------------------------------------------
@@ -511,6 +532,9 @@ def print_report(report: dict) -> None:
     for row in report["comparison"]:
         print(f"{row['crop']:86} {row['pipeline_top1']:9.2%} {row['direct_top1_same_faces']:8.2%} "
               f"{row['gap'] * 100:+6.2f} +- {row['gap_standard_error'] * 100:.2f}p")
+    placement = test["box_placement"]
+    print("Haar box on the true square (p10 / median / p90): " + ", ".join(
+        f"{name} {values['p10']:+.3f} / {values['median']:+.3f} / {values['p90']:+.3f}" for name, values in placement.items()))
     chosen = report["chosen"]
     print(f"chosen crop: margin_x {chosen['margin_x']}, margin_y {chosen['margin_y']}, offset_y {chosen['offset_y']}")
     for faces, cost in report["flip_tta"]["cost"].items():
@@ -555,13 +579,14 @@ def main() -> int:
         "match_iou": MATCH_IOU,
         "calibration": {
             "split": "FER2013 Training", "faces": calibration.total, "detected": len(calibration.indices),
-            "detection_rate": calibration.detection_rate, "picked_by": "top1" if arguments.sweep_without_tta else "top1_tta",
+            "detection_rate": calibration.detection_rate, "box_placement": placement_summary(calibration), "picked_by": "top1" if arguments.sweep_without_tta else "top1_tta",
             "sweep": sweep_table,
         },
         "chosen": asdict(chosen),
         "test": {
             "split": "FER2013 PublicTest", "faces": test.total, "detected": len(test.indices),
             "detection_rate": test.detection_rate, "other_detections": test.other_detections,
+            "box_placement": placement_summary(test),
             "direct_top1_all": accuracy(direct_plain, test_labels), "direct_top1_all_tta": accuracy(direct_tta, test_labels),
         },
         "comparison": comparison_rows(model, test, chosen, backgrounds, direct_plain, direct_tta),
