@@ -126,7 +126,7 @@ def test_flip_tta_sends_face_and_mirror_in_one_batch() -> None:
 
 
 def test_classification_settings_are_validated() -> None:
-    assert ClassificationSettings(crop_margin=0.1).vertical_margin == 0.1
+    assert ClassificationSettings(crop_margin=0.1, crop_margin_y=None).vertical_margin == 0.1
     assert ClassificationSettings(crop_margin=0.1, crop_margin_y=0.2).vertical_margin == 0.2
     for bad in ({"crop_offset_y": 0.5}, {"crop_margin": -0.5}, {"crop_margin_y": 2.0}, {"flip_tta": "maybe"}, {"crop": 1}):
         with pytest.raises(ValidationError):
@@ -134,6 +134,6 @@ def test_classification_settings_are_validated() -> None:
 
 
 def test_flip_tta_can_be_turned_off_in_the_edge_config(pki_dir) -> None:  # type: ignore[no-untyped-def]
-    environ = {"EMQ_EDGE__PKI_DIR": str(pki_dir), "EMQ_EDGE__CLASSIFICATION__FLIP_TTA": "false"}
+    environ = {"EMQ_EDGE__DEVICE_ID": "cam-a", "EMQ_EDGE__PKI_DIR": str(pki_dir), "EMQ_EDGE__CLASSIFICATION__FLIP_TTA": "false"}
     config = load_config(EdgeConfig, None, env_prefix="EMQ_EDGE__", environ=environ)
     assert config.classification.flip_tta is False
