@@ -80,6 +80,10 @@ def test_the_default_crop_is_the_one_the_calibration_picked() -> None:
     assert defaults.crop_margin == pytest.approx(chosen["margin_x"])
     assert defaults.vertical_margin == pytest.approx(chosen["margin_y"])
     assert defaults.crop_offset_y == pytest.approx(chosen["offset_y"])
+    # ... and the chosen crop is the best of the calibration sweep (by the criterion it was picked by).
+    sweep, criterion = report["calibration"]["sweep"], report["calibration"]["picked_by"]
+    chosen_row = next(row for row in sweep if all(row[key] == value for key, value in chosen.items()))
+    assert chosen_row[criterion] == max(row[criterion] for row in sweep)
     # Flip TTA is on by default exactly when it measured under its cost limit per face.
     extra_ms = report["flip_tta"]["cost"]["1_faces"]["extra_ms_per_face"]
     assert defaults.flip_tta is (extra_ms < report["flip_tta"]["cost_limit_ms"])
