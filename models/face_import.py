@@ -38,7 +38,7 @@ from pydantic import Field
 from cloud.store import ImportedFace, TrainingStore
 from common.config import StrictSettings
 from contract.emotions import EMOTIONS
-from runtime.faces import Box, crop_face, find_faces, largest_box, load_cascade, to_gray
+from runtime.faces import CROP_MARGIN_X, CROP_MARGIN_Y, CROP_OFFSET_Y, Box, crop_face, find_faces, largest_box, load_cascade, to_gray
 from runtime.preprocess import normalize_faces, resize_faces
 
 log = logging.getLogger("models.face_import")
@@ -57,7 +57,10 @@ class ImportSettings(StrictSettings):
     min_face_size: Annotated[int, Field(ge=1)] = 48
     max_face_size: Annotated[int, Field(ge=1)] | None = None
     detect_scale: Annotated[float, Field(gt=0, le=1)] = 0.5
-    crop_margin: Annotated[float, Field(ge=0, le=1)] = 0.08
+    # The edge's calibrated crop (runtime.faces), so an imported face is framed like a collected one.
+    crop_margin: Annotated[float, Field(ge=-0.2, le=1)] = CROP_MARGIN_X
+    crop_margin_y: Annotated[float, Field(ge=-0.2, le=1)] | None = CROP_MARGIN_Y
+    crop_offset_y: Annotated[float, Field(ge=-0.3, le=0.3)] = CROP_OFFSET_Y
 
 
 @dataclass(frozen=True)
@@ -164,7 +167,7 @@ def face_of(gray: np.ndarray, settings: ImportSettings, cascade: cv2.CascadeClas
     box = largest_box(boxes)
     if box is None:
         raise SkipFile(f"no face found in the {width}x{height} picture")
-    return resize_faces([crop_face(gray, box, settings.crop_margin)])[0], box
+    return resize_faces([crop_face(gray, box, settings.crop_margin, settings.crop_margin_y, settings.crop_offset_y)])[0], box
 
 
 def encode_png(crop: np.ndarray) -> bytes:

@@ -171,14 +171,44 @@ def find_faces(
 # -- cropping ----------------------------------------------------------------------------------
 
 
-def crop_face(gray: np.ndarray, box: Box, margin: float) -> np.ndarray:
-    """Square grey crop around a face box, grown by ``margin``; out-of-frame parts replicate the edge."""
-    x, y, width, height = expand_box(square_box(box), margin)
+# The crop the emotion model sees, as bench/bench_crops.py calibrated it on FER2013 faces placed in
+# real frames (README "Face crops and flip TTA"): about the Haar box itself, FER2013's own framing.
+# The edge's settings and the retraining job's import both default to these, so faces are cut alike.
+CROP_MARGIN_X = 0.0
+CROP_MARGIN_Y = -0.03
+CROP_OFFSET_Y = 0.02
+
+
+def crop_rectangle(box: Box, margin_x: float, margin_y: float, offset_y: float) -> Box:
+    """The rectangle cut around a face box for the emotion model (it may reach beyond the frame).
+
+    The box is squared first (so every measure below is relative to one side
+    ``s``), then grown by ``margin_x * s`` left and right and ``margin_y * s``
+    above and below, and moved down by ``offset_y * s`` (negative moves it up).
+    With ``margin_x == margin_y`` the crop is square; otherwise resizing it to
+    the model's square input stretches the face, as Arriaga's pixel offsets did.
+    """
+    x, y, side, _ = square_box(box)
+    grow_x = int(round(side * margin_x))
+    grow_y = int(round(side * margin_y))
+    shift_y = int(round(side * offset_y))
+    return x - grow_x, y - grow_y + shift_y, side + 2 * grow_x, side + 2 * grow_y
+
+
+def crop_face(gray: np.ndarray, box: Box, margin: float, margin_y: float | None = None, offset_y: float = 0.0) -> np.ndarray:
+    """Grey crop around a face box (:func:`crop_rectangle`); ``margin_y`` None means ``margin`` (square)."""
+    vertical_margin = margin if margin_y is None else margin_y
+    return cut_out(gray, crop_rectangle(box, margin, vertical_margin, offset_y))
+
+
+def cut_out(gray: np.ndarray, rectangle: Box) -> np.ndarray:
+    """The pixels of ``rectangle``; the parts outside the frame replicate its edge pixels."""
+    x, y, width, height = rectangle
     frame_height, frame_width = gray.shape[:2]
     left, top = max(x, 0), max(y, 0)
     right, bottom = min(x + width, frame_width), min(y + height, frame_height)
     if right <= left or bottom <= top:
-        raise ValueError(f"face box {box} lies outside the {frame_width}x{frame_height} frame")
+        raise ValueError(f"crop {rectangle} lies outside the {frame_width}x{frame_height} frame")
     inside = gray[top:bottom, left:right]
     pads = (top - y, y + height - bottom, left - x, x + width - right)
     if not any(pads):

