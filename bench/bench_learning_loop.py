@@ -137,7 +137,7 @@ def scene(face: np.ndarray, big: np.ndarray, position: int, rng: np.random.Gener
 def low_light_noise_blur(frame: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Gain and gamma (a dim room), motion blur (a slow shutter), read and shot noise (a small sensor)."""
     gain, gamma = rng.uniform(0.45, 0.65), rng.uniform(1.3, 1.8)
-    dim = 255.0 * gain * (frame / 255.0) ** gamma
+    dim = 255.0 * gain * (np.clip(frame, 0, 255) / 255.0) ** gamma  # clip: cubic resizing overshoots a little
     length, angle = int(rng.integers(5, 12)), rng.uniform(0, 180)
     kernel = np.zeros((length, length), np.float32)
     kernel[length // 2, :] = 1.0
