@@ -31,7 +31,7 @@ def test_the_loop_benchmark_runs_end_to_end_in_its_tiny_configuration(tmp_path):
 
     domain = results["domain"]
     assert domain["pool_pictures"] == 80 and 0 < domain["pool_faces_detected"] <= domain["pool_faces_stored"]
-    assert domain["pool_pictures_detected"] == domain["pool_faces_detected"]  # one pass: each picture at most once
+    assert 0 < domain["pool_pictures_detected"] <= domain["pool_faces_detected"]
     assert 0 < domain["held_out_faces_detected"] <= domain["held_out_pictures"]
     for value in results["before"].values():
         assert 0 < value < 1
