@@ -424,7 +424,6 @@ def run(args: argparse.Namespace) -> dict:
     np.save(exclude, pool_rows)
 
     services = start_services(work)
-    results: dict = {}
     try:
         admin = HttpSession(services.webui.url)
         assert admin.log_in("admin").status == 302
@@ -450,19 +449,20 @@ def run(args: argparse.Namespace) -> dict:
 
         order = np.random.default_rng(SEED + 1).permutation(len(true_faces))
         labelled = 0
-        runs = []
-        for fraction in args.fractions:
-            runs.append(one_fraction(fraction, true_faces, order, labelled, labeller, pool_placed, services, job_store, exclude,
-                                     args, (crops, labels), (clean, clean_labels), (before_shifted, before_clean)))
-            labelled = runs[-1]["labelled_faces"]
         results = {
             "domain": {"faces": int(args.faces), "pool_pictures": len(pool_rows), "held_out_pictures": len(held_rows),
                        "pool_faces_stored": len(stored), "pool_faces_detected": len(true_faces), "pool_pictures_detected": pictures_found,
                        "held_out_faces_detected": int(len(labels))},
             "before": {"shifted_held_out_top1": before_shifted, "clean_originals_top1": before_clean},
-            "runs": runs,
+            "runs": [],
             "timings_s": timings,
         }
+        for fraction in args.fractions:
+            results["runs"].append(one_fraction(fraction, true_faces, order, labelled, labeller, pool_placed, services, job_store, exclude,
+                                                args, (crops, labels), (clean, clean_labels), (before_shifted, before_clean)))
+            labelled = results["runs"][-1]["labelled_faces"]
+            if args.json:  # a long run's finished fractions survive an interruption
+                args.json.write_text(json.dumps(dict(results, partial=True), indent=2) + "\n")
     finally:
         services.stop()
         if not args.keep:
