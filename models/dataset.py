@@ -269,10 +269,12 @@ class BaseSplit:
 
 
 def base_rows(train_count: int, validation_count: int, train_samples: int, selection_samples: int,
-              gate_samples: int | None, seed: int = BASE_SEED) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+              gate_samples: int | None, seed: int = BASE_SEED,
+              gate_exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rows for training (of x_train), selection and the gate (of x_val): one permutation of x_val, cut in two.
 
-    ``gate_samples`` None takes every x_val row that selection does not.
+    ``gate_samples`` None takes every x_val row that selection does not. ``gate_exclude``: x_val rows the
+    gate must not use (e.g. the originals of faces a benchmark trains on); selection is cut as without it.
     """
     if selection_samples + (gate_samples or 0) > validation_count:
         raise ValueError(
@@ -283,15 +285,32 @@ def base_rows(train_count: int, validation_count: int, train_samples: int, selec
     train = generator.permutation(train_count)[:train_samples]
     validation = generator.permutation(validation_count)
     selection = validation[:selection_samples]
-    gate = validation[selection_samples:] if gate_samples is None else validation[selection_samples:selection_samples + gate_samples]
+    gate = validation[selection_samples:]
+    if gate_exclude is not None:
+        gate = gate[~np.isin(gate, gate_exclude)]
+    if gate_samples is not None:
+        gate = gate[:gate_samples]
     return train, selection, gate
 
 
-def split_base_set(npz: Path, train_samples: int, selection_samples: int, gate_samples: int | None) -> BaseSplit:
-    """Seeded samples of the base npz (``x_train/y_train/x_val/y_val``) for training, selection and the gate."""
+def load_rows(path: Path) -> np.ndarray:
+    """Row numbers from a ``.npy`` file or a text file with one number per line."""
+    rows = np.load(path) if path.suffix == ".npy" else np.loadtxt(path, dtype=np.int64, ndmin=1)
+    rows = np.asarray(rows)
+    if rows.ndim != 1 or (rows.size and not np.issubdtype(rows.dtype, np.integer)):
+        raise ValueError(f"{path}: expected a list of integer row numbers, got {rows.dtype} {rows.shape}")
+    return rows.astype(np.int64)
+
+
+def split_base_set(npz: Path, train_samples: int, selection_samples: int, gate_samples: int | None,
+                   gate_exclude: np.ndarray | None = None) -> BaseSplit:
+    """Seeded samples of the base npz (``x_train/y_train/x_val/y_val``) for training, selection and the gate.
+
+    ``gate_exclude``: x_val rows kept out of the gate part (see :func:`base_rows`).
+    """
     with np.load(npz) as arrays:
         x_train, y_train, x_val, y_val = (arrays[key] for key in ("x_train", "y_train", "x_val", "y_val"))
-    train, selection, gate = base_rows(len(y_train), len(y_val), train_samples, selection_samples, gate_samples)
+    train, selection, gate = base_rows(len(y_train), len(y_val), train_samples, selection_samples, gate_samples, gate_exclude=gate_exclude)
 
     def faces(x: np.ndarray, y: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return resize_faces(x[rows]), y[rows].astype(np.int64)

@@ -37,7 +37,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -49,7 +49,7 @@ from comms.transport import Transport
 from common.cli import configure_logging, load_or_exit, print_config
 from common.config import StrictSettings
 from contract.topics import Topics
-from models.dataset import BaseSplit, CollectedDataset, DatasetSettings, build_dataset, split_base_set
+from models.dataset import BaseSplit, CollectedDataset, DatasetSettings, build_dataset, load_rows, split_base_set
 from models.face_import import ImportSettings
 from models.gate import GateDecision, GateRule
 from runtime.registry import ModelRegistry
@@ -75,6 +75,10 @@ class DatasetConfig(StrictSettings):
     base_train_samples: Annotated[int, Field(ge=0)] = 5000
     base_selection_samples: Annotated[int, Field(ge=0)] = Field(default=1000, description="x_val faces for early stopping.")
     base_gate_samples: Annotated[int, Field(ge=1)] | None = Field(default=None, description="x_val faces for the gate, none of them in selection (None: all the others).")
+    base_gate_exclude: Path | None = Field(
+        default=None, description="File of x_val row numbers (.npy, or text one per line) the FER2013 gate set must not use: "
+        "e.g. the originals of faces that were collected and labelled for training (bench/bench_learning_loop.py).",
+    )
 
     @model_validator(mode="after")
     def _leave_faces_to_train(self) -> "DatasetConfig":
@@ -102,6 +106,9 @@ class TrainingConfig(StrictSettings):
     seed: int = 7
     augment: bool = True
     from_scratch: bool = False
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_epochs: Annotated[int, Field(ge=0)] = Field(default=0, description="Linear warm-up (cosine schedule only); below epochs.")
 
 
 class RetrainConfig(StrictSettings):
@@ -151,7 +158,8 @@ def base_split(config: DatasetConfig) -> BaseSplit | None:
     """Seeded, disjoint training, selection and gate samples of the base set, resized to 64x64."""
     if config.base_npz is None:
         return None
-    return split_base_set(config.base_npz, config.base_train_samples, config.base_selection_samples, config.base_gate_samples)
+    exclude = load_rows(config.base_gate_exclude) if config.base_gate_exclude is not None else None
+    return split_base_set(config.base_npz, config.base_train_samples, config.base_selection_samples, config.base_gate_samples, exclude)
 
 
 def training_data(collected: CollectedDataset, base: BaseSplit | None):

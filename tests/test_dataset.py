@@ -12,7 +12,7 @@ import pytest
 
 from cloud.store import ImportedFace, NewResult, Store
 from contract.emotions import EMOTIONS
-from models.dataset import DatasetSettings, base_rows, build_dataset, part_by_hash, split_base_set
+from models.dataset import DatasetSettings, base_rows, build_dataset, load_rows, part_by_hash, split_base_set
 from tests import factories
 from tests.conftest import SHARED
 
@@ -151,3 +151,18 @@ def test_split_base_set_reads_the_npz():
     assert split.train[0].shape == (50, 64, 64) and split.selection[0].shape == (40, 64, 64) and split.gate[0].shape == (60, 64, 64)
     assert split.gate[1].dtype == np.int64
     assert not set(split.selection_rows.tolist()) & set(split.gate_rows.tolist())
+
+
+def test_the_base_gate_can_exclude_rows_and_selection_stays_the_same(tmp_path):
+    _, selection, gate = base_rows(28_709, 3_589, 5_000, 1_000, None)
+    excluded = gate[::2]
+    _, same_selection, smaller_gate = base_rows(28_709, 3_589, 5_000, 1_000, None, gate_exclude=excluded)
+
+    assert np.array_equal(same_selection, selection)
+    assert np.array_equal(smaller_gate, gate[1::2]) and not set(smaller_gate.tolist()) & set(excluded.tolist())
+    np.save(tmp_path / "rows.npy", excluded)
+    (tmp_path / "rows.txt").write_text("\n".join(str(row) for row in excluded))
+    assert np.array_equal(load_rows(tmp_path / "rows.npy"), excluded) and np.array_equal(load_rows(tmp_path / "rows.txt"), excluded)
+    np.save(tmp_path / "bad.npy", np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="integer row numbers"):
+        load_rows(tmp_path / "bad.npy")
