@@ -59,10 +59,27 @@ class DetectionSettings(StrictSettings):
         "clips part of the overlapping raw hits around a face, and a face was just seen there (false positives "
         "are unlikely): on woman2, 2 keeps 99.4 % of the faces, 5 keeps 98.9 %.",
     )
+    confirm_new_faces: bool = Field(
+        default=True,
+        description="Report a face found by a whole-frame or region search near no tracked face only if a local "
+        "search around it (at the local search's finer resolution, confirm_min_neighbors) finds it again.",
+    )
+    confirm_min_neighbors: int = Field(
+        default=3,
+        ge=0,
+        le=50,
+        description="min_neighbors of the local search that confirms a new face.",
+    )
     min_face_size: int = Field(
         default=48,
         ge=1,
         description="Smallest face side to look for, in original-frame pixels.",
+    )
+    min_tracked_face_size: int | None = Field(
+        default=32,
+        ge=1,
+        description="A tracked face is followed while it shrinks down to this side (a person walking away); the "
+        "local search costs the same at any face size. None: min_face_size.",
     )
     max_face_size: int | None = Field(
         default=None,
@@ -82,12 +99,60 @@ class DetectionSettings(StrictSettings):
         "in between only regions around tracked faces are searched. 1 disables the local search.",
     )
     idle_detect_every_n: int = Field(
-        default=1,
+        default=15,
         ge=1,
         le=1000,
-        description="While no face is tracked, search the whole frame every N frames. 1 finds a new face at "
-        "once; raising it saves CPU in empty scenes (a whole-frame search is the expensive step) at the cost "
-        "of up to N-1 frames of delay before a new face is seen.",
+        description="While no face is tracked, search the whole frame every N frames. New faces are found "
+        "where the picture changes (see change_threshold) without waiting for it; this is the safety net.",
+    )
+    change_cell: int = Field(
+        default=8,
+        ge=2,
+        le=64,
+        description="Side in pixels of the blocks whose mean grey level is compared frame to frame to find where "
+        "the picture changed (8: an 80x45 thumbnail of a 640x360 frame, ~0.1 ms).",
+    )
+    change_threshold: float = Field(
+        default=10.0,
+        gt=0.0,
+        le=255.0,
+        description="A block whose mean grey level moved by more than this since it was last searched is searched "
+        "again (for new faces). Block means average sensor noise away: noise of sigma 8 moves them by ~1.",
+    )
+    cut_mean_difference: float = Field(
+        default=30.0,
+        gt=0.0,
+        le=255.0,
+        description="A frame whose blocks differ from the previous frame's by this much on average starts a new "
+        "scene: a whole-frame search runs at once and the tracks are dropped (cuts on the face set give >= 37, "
+        "pans <= 15).",
+    )
+    cut_histogram_distance: float = Field(
+        default=0.25,
+        gt=0.0,
+        le=1.0,
+        description="A frame whose grey histogram moved by this much (total variation distance, 0-1) from the "
+        "previous frame's starts a new scene too (cuts on the face set give >= 0.38, pans <= 0.1).",
+    )
+    busy_area: float = Field(
+        default=0.4,
+        gt=0.0,
+        le=1.0,
+        description="When the changed regions cover more than this share of the frame (the camera moves), one "
+        "whole-frame search replaces the region searches.",
+    )
+    busy_detect_every_n: int = Field(
+        default=3,
+        ge=1,
+        le=1000,
+        description="While most of the picture changes, whole-frame searches run at most every N frames "
+        "(a face that comes into view is then reported within N-1 frames).",
+    )
+    blazeface_min_score: float = Field(
+        default=0.5,
+        gt=0.0,
+        lt=1.0,
+        description="Smallest BlazeFace score kept as a face (backend blazeface; MediaPipe's default 0.5).",
     )
     roi_margin: float = Field(
         default=0.35,
@@ -181,6 +246,14 @@ class TrackingSettings(StrictSettings):
         le=10_000,
         description="Frames a track survives without a matching detection before it is dropped "
         "(keeps the id through short detector drop-outs).",
+    )
+    anchor_follow: float = Field(
+        default=0.06,
+        ge=0.0,
+        le=1.0,
+        description="A local-search box whose size differs from the track's anchor size by more than this "
+        "fraction becomes the new anchor, so a face that zooms in or out stays within the local search's sizes "
+        "(half of roi_size_tolerance: jitter by one pyramid step does not move it).",
     )
     smoothing_window: int = Field(
         default=0,
