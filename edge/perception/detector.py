@@ -230,8 +230,10 @@ class BlazeFaceSearch:
 
         self.settings = settings
         try:
-            self._frame_model = BlazeFace("full", settings.blazeface_model_dir, min_score=settings.blazeface_min_score)
-            self._face_model = BlazeFace("short", settings.blazeface_model_dir, min_score=settings.blazeface_min_score)
+            self._frame_model = BlazeFace("full", settings.blazeface_model_dir,
+                                          min_score=settings.blazeface_min_score, brighten=True)
+            self._face_model = BlazeFace("short", settings.blazeface_model_dir,
+                                         min_score=settings.blazeface_track_min_score, brighten=True)
         except BlazeFaceError as error:
             raise DetectorError(str(error)) from None
 
