@@ -13,7 +13,7 @@ least ``MIN_INSIDE`` of its box inside the frame and at most ``MAX_COVERED``
 of it hidden by what is drawn over it. The others are listed too (a detector
 finding them is neither right nor wrong).
 
-    python bench/facesets/synthetic.py --out var/facesets   # writes each clip as .mp4 + truth .json to look at
+    python -m bench.facesets.synthetic --out var/facesets [--plain]   # each clip as .mp4 + truth .json, to look at
 """
 
 from __future__ import annotations
@@ -418,13 +418,14 @@ clip(ClipSpec(
 # -- writing clips to look at --------------------------------------------------------------------
 
 
-def write_preview(clip: Clip, folder: Path) -> None:
-    """An .mp4 with truth boxes drawn (green findable, grey not) and the truth as JSON."""
+def write_preview(clip: Clip, folder: Path, plain: bool = False) -> None:
+    """An .mp4 with truth boxes drawn (green findable, grey not; ``plain``: no boxes, e.g. for
+    bench/bench_edge.py) and the truth as JSON."""
     folder.mkdir(parents=True, exist_ok=True)
     writer = cv2.VideoWriter(str(folder / f"{clip.name}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (WIDTH, HEIGHT))
     for frame, faces in zip(clip.frames, clip.truth):
         shown = frame.copy()
-        for face in faces:
+        for face in [] if plain else faces:
             x, y, w, h = face.box
             cv2.rectangle(shown, (x, y), (x + w, y + h), (0, 220, 0) if face.findable else (160, 160, 160), 1)
         writer.write(shown)
@@ -438,11 +439,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for the previews (not committed: var/)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--clip", action="append", choices=sorted(CLIPS), help="only these clips")
+    parser.add_argument("--plain", action="store_true", help="no truth boxes drawn on the frames")
     arguments = parser.parse_args(argv)
     photos = load_photos()
     for name in arguments.clip or CLIPS:
         built = build_clip(CLIPS[name], arguments.seed, photos)
-        write_preview(built, arguments.out)
+        write_preview(built, arguments.out, arguments.plain)
         findable = sum(face.findable for faces in built.truth for face in faces)
         print(f"{name}: {len(built.frames)} frames, {findable} findable faces, cuts {built.cuts}, {built.digest()[:16]}")
     return 0
