@@ -53,7 +53,7 @@ class ImportSettings(StrictSettings):
     max_crop_side: Annotated[int, Field(ge=1)] = Field(default=96, description="Pictures at most this big and square-ish are face crops already.")
     max_crop_aspect: Annotated[float, Field(ge=1)] = Field(default=1.25, description="Longer side / shorter side of a square-ish picture.")
     scale_factor: Annotated[float, Field(gt=1, le=2)] = 1.1
-    min_neighbors: Annotated[int, Field(ge=0, le=50)] = 5
+    min_neighbors: Annotated[int, Field(ge=0, le=50)] = 3  # the edge's whole-frame search (calibrated on the face set)
     min_face_size: Annotated[int, Field(ge=1)] = 48
     max_face_size: Annotated[int, Field(ge=1)] | None = None
     detect_scale: Annotated[float, Field(gt=0, le=1)] = 0.5

