@@ -25,7 +25,7 @@ DEFAULT_CASCADE_FILE = "haarcascade_frontalface_default.xml"
 
 
 class DetectorError(RuntimeError):
-    """The cascade could not be loaded."""
+    """The detector could not be loaded (cascade or model file missing or invalid)."""
 
 
 # -- boxes -------------------------------------------------------------------------------------

@@ -48,44 +48,15 @@ from edge.perception.boxes import (
 from edge.perception.scene import ChangeMap
 from edge.perception.settings import DetectionSettings
 
-DEFAULT_CASCADE_FILE = "haarcascade_frontalface_default.xml"
-
-
-class DetectorError(RuntimeError):
-    """The detector could not be loaded (cascade or model file missing or invalid)."""
-
-
-def default_cascade_path() -> str:
-    """Path of the frontal-face cascade bundled with opencv-python."""
-    return cv2.data.haarcascades + DEFAULT_CASCADE_FILE
-
-
-def load_cascade(path: str | None) -> cv2.CascadeClassifier:
-    """Load a Haar cascade, failing loudly: an empty classifier would silently find nothing."""
-    cascade_path = path or default_cascade_path()
-    cascade = cv2.CascadeClassifier(cascade_path)
-    if cascade.empty():
-        raise DetectorError(f"cannot load Haar cascade {cascade_path!r}")
-    return cascade
-
-
-def to_gray(frame_bgr: np.ndarray) -> np.ndarray:
-    """Grey version of a BGR (or already grey) frame."""
-    if frame_bgr.ndim == 2:
-        return frame_bgr
-    if frame_bgr.shape[2] == 4:
-        return cv2.cvtColor(frame_bgr, cv2.COLOR_BGRA2GRAY)
-    return cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY)
-
-
-def resize_by(gray: np.ndarray, factor: float) -> np.ndarray:
-    """Resize by ``factor``: INTER_AREA to shrink (averages pixels, no aliasing), INTER_LINEAR to enlarge."""
-    if factor == 1.0:
-        return gray
-    height, width = gray.shape[:2]
-    size = (max(int(round(width * factor)), 1), max(int(round(height * factor)), 1))
-    return cv2.resize(gray, size, interpolation=cv2.INTER_AREA if factor < 1.0 else cv2.INTER_LINEAR)
-
+# The cascade's loading and the grey/resize helpers are shared with the retraining job's import.
+from runtime.faces import (  # noqa: F401 (DetectorError, default_cascade_path, to_gray: re-exported)
+    DEFAULT_CASCADE_FILE,
+    DetectorError,
+    default_cascade_path,
+    load_cascade,
+    resize_by,
+    to_gray,
+)
 
 def pyramid_window_size(target: float, window_size: int, scale_factor: float) -> float:
     """The cascade window size ``window_size * scale_factor**k`` nearest to ``target`` (k >= 0).
