@@ -50,7 +50,7 @@ from bench.facesets.photos import MEDIA  # noqa: E402
 CACHE = REPOSITORY / "var" / "facesets" / "cache"
 CACHED_SIDES = ("exhaustive", "reference")
 CACHE_VERSIONS = {"exhaustive": 2, "reference": 1}  # bump when a cached detector changes
-TARGETS = {"recall": 0.97, "precision": 0.97, "latency_p95": 3, "cut_cost_max": 2, "ratio_to_fer": 6.0}
+TARGETS = {"recall": 0.97, "precision": 0.97, "latency_p95": 3, "cut_cost_max": 2, "ratio_to_fer_end_to_end": 6.0}
 EDGE_SIDES = ("edge haar", "edge blazeface")
 SIDES = EDGE_SIDES + ("exhaustive", "fer", "reference")
 
@@ -172,7 +172,8 @@ def evaluate_clip(clip: EvaluationClip, sides: list[str], use_cache: bool) -> di
 
 
 def misses(summary: dict, edge: bool) -> list[str]:
-    """Which targets a side misses on a clip (fps only for the edge)."""
+    """Which targets a side misses on a clip. The 6x fps target is end to end (bench/bench_edge.py: fer's
+    figure includes its emotion model); here only detection is timed, so the ratio is shown, not judged."""
     failed = []
     if summary["recall"] < TARGETS["recall"]:
         failed.append("recall")
@@ -182,14 +183,13 @@ def misses(summary: dict, edge: bool) -> list[str]:
         failed.append("latency")
     if summary["cut_cost_max"] > TARGETS["cut_cost_max"]:
         failed.append("cut")
-    if edge and summary.get("ratio_to_fer", math.inf) < TARGETS["ratio_to_fer"]:
-        failed.append("fps")
     return failed
 
 
 # -- report -------------------------------------------------------------------------------------
 
-HEADER = ("clip", "side", "recall", "precision", "FP", "new face p50/p95/max", "never", "worst cut", "fps", "x fer")
+HEADER = ("clip", "side", "recall", "precision", "FP", "new face p50/p95/max", "never", "worst cut", "CPU fps",
+          "x fer (detection)")
 
 
 def table_rows(report: dict) -> list[tuple[str, ...]]:
@@ -249,6 +249,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--core", type=int, help="CPU core to run on (default: the first allowed)")
     parser.add_argument("--no-cache", action="store_true", help="recompute the exhaustive and reference sides")
     parser.add_argument("--skip-fer", action="store_true", help="do not run fer (no ratio; to fill the cache)")
+    parser.add_argument("--report", type=Path, help="only print (and --markdown) the table of an earlier --json")
     arguments = parser.parse_args(argv)
     arguments.synthetic = [name for name in CLIPS if not arguments.clip or name in arguments.clip]
     arguments.real = [name for name in REAL_CLIPS if not arguments.clip or name in arguments.clip]
@@ -257,6 +258,12 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
+    if arguments.report:
+        report = json.loads(arguments.report.read_text())
+        print_table(report)
+        if arguments.markdown:
+            arguments.markdown.write_text(markdown_table(report) + "\n")
+        return 0
     core = pin_to_one_core(arguments.core)
     sides = [side for side in SIDES if not arguments.side or side in arguments.side or side == "fer"]
     if arguments.skip_fer:

