@@ -173,7 +173,17 @@ def measure_ceiling_alone(broker: MosquittoProcess, pki: Path, topics: Topics, s
     return len(stream.results) / (time.perf_counter() - started)
 
 
+_COUNTING: dict[str, object] = {}  # database URL -> the one PostgreSQL connection the polls use
+
+
 def count_rows(database_url: str, table: str) -> int:
+    """Rows in ``table`` now (0 while the ingest has not created it).
+
+    PostgreSQL is polled over one kept connection: a new connection per poll
+    (every 10 ms) is a new server process each time, and that cost the
+    server, which shares the two cores with the ingest, more CPU than the
+    ingest's own writes (the PostgreSQL figures of the first sessions paid it).
+    """
     if database_url.startswith("sqlite:///"):
         with sqlite3.connect(database_url[len("sqlite:///"):], timeout=30) as connection:
             try:
@@ -182,8 +192,19 @@ def count_rows(database_url: str, table: str) -> int:
                 return 0
     import psycopg
 
-    with psycopg.connect(database_url) as connection:
+    connection = _COUNTING.get(database_url)
+    if connection is None:
+        connection = _COUNTING[database_url] = psycopg.connect(database_url, autocommit=True)
+    try:
         return connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+    except psycopg.errors.UndefinedTable:
+        return 0
+
+
+def close_counting() -> None:
+    for connection in _COUNTING.values():
+        connection.close()
+    _COUNTING.clear()
 
 
 def add_worker_identities(pki: Path, workers: int) -> None:
@@ -341,6 +362,7 @@ def clear_postgres(database_url: str) -> None:
 def drop_postgres(name: str) -> None:
     import psycopg
 
+    close_counting()
     with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as connection:
         connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
@@ -399,7 +421,9 @@ class BenchBroker:
             init_pki(self.pki, devices=[DEVICE])
             add_worker_identities(self.pki, 2)
         settings = BrokerSettings(pki_dir=self.pki, state_dir=work / f"broker-{uuid.uuid4().hex[:6]}", bind_address="127.0.0.1",
-                                  tls_port=free_port(), password_port=None)
+                                  tls_port=free_port(), password_port=None,
+                                  # The drain phase queues its whole stream in the workers' sessions.
+                                  max_queued_messages=200_000)
         self.broker = MosquittoProcess(settings).start()
         self.topics = Topics()
         self.publisher = MqttClient(pki_mqtt_settings(self.pki, DEVICE, port=settings.tls_port, client_id="bench-publisher", max_inflight=1000)).start()
@@ -474,6 +498,7 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=500)
     parser.add_argument("--record-frames", type=int, default=120)
     parser.add_argument("--repeat", type=int, default=5, help="runs of each kind; medians are reported (a shared machine is noisy)")
+    parser.add_argument("--drain-scale", type=int, default=4, help="the drain phase's stream is this many times --results")
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--only", choices=["same-run", "pinned", "drain"], action="append",
@@ -481,7 +506,8 @@ def main() -> int:
     args = parser.parse_args()
     phases = set(args.only or ["same-run", "pinned", "drain"])
 
-    stream = build_stream(record(args.record_frames), args.results, args.frames)
+    recorded = record(args.record_frames)
+    stream = build_stream(recorded, args.results, args.frames)
     print(f"stream: {len(stream.results)} results ({stream.result_bytes / len(stream.results) / 1024:.1f} KiB each), {len(stream.frames)} frames", flush=True)
     postgres = None if args.no_postgres else postgres_database()
     document: dict = {"results": args.results, "frames": args.frames, "repeat": args.repeat, "cpus": len(os.sched_getaffinity(0))}
@@ -491,7 +517,10 @@ def main() -> int:
         if "pinned" in phases:
             document["pinned_alone"] = report_pinned(run_pinned(args, stream, postgres and postgres[0]), args.repeat)
         if "drain" in phases and postgres:
-            document["postgresql_drain"] = report_drain(run_drain(args, stream, postgres[0]), args.repeat)
+            # Longer than the others: at ~5,000/s a 5,000-result drain is over in a second, start-up noise included.
+            drain_stream = build_stream(recorded, args.results * args.drain_scale, args.frames * args.drain_scale)
+            document["postgresql_drain"] = report_drain(run_drain(args, drain_stream, postgres[0]), args.repeat)
+            document["postgresql_drain"]["results"] = len(drain_stream.results)
     finally:
         if postgres:
             drop_postgres(postgres[1])

@@ -397,14 +397,16 @@ class IngestService:
         """Every write of a planned batch; call inside a transaction."""
         received_at = plan.received_at
         plan.results_stored = self.store.add_results(plan.results, received_at)
+        self._write_frames(plan, received_at)
+        self._write_quarantine(plan)
+        # The device rows last: every worker updates the same row of a device, and the row stays locked
+        # until this transaction commits, so the other workers wait only for the commit, not for the writes.
         for device_id, (seen_at, seq, model_version) in plan.seen.items():
             self.store.touch_device(device_id, seen_at, seq, model_version)
-        self._write_frames(plan, received_at)
         for device_id, status in plan.statuses:
             self.store.set_device_status(device_id, status, received_at)
         for device_id, stats in plan.stats:
             self.store.set_device_stats(device_id, stats.model_dump_json(by_alias=True), received_at)
-        self._write_quarantine(plan)
 
     def _write_frames(self, plan: "BatchPlan", received_at: float) -> None:
         # Files first, rows after: a row never points at a file that is not there. A name
