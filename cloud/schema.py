@@ -159,6 +159,7 @@ def migrate(db: Database) -> int:
         elif stored < SCHEMA_VERSION:
             db.execute("UPDATE schema_info SET version = ?", (SCHEMA_VERSION,))
         _bound_quarantine_payloads(db)
+        _store_images_uncompressed(db)
     return check(db)
 
 
@@ -184,6 +185,23 @@ def stored_version(db: Database) -> int | None:
     else:
         exists = db.scalar("SELECT to_regclass('schema_info') IS NOT NULL")
     return db.scalar("SELECT MAX(version) FROM schema_info") if exists else None
+
+
+# PostgreSQL tries to compress every value over ~2 KB before moving it out of the row (TOAST). Face
+# crops (PNG, ~4.5 KB) and frames (JPEG) never compress, and the attempt was a seventh of the
+# server's CPU per stored result (125 -> 108 us, measured on this repo's ingest batches).
+# Physical storage only: no schema version, and older code reads the same columns.
+_UNCOMPRESSED_COLUMNS = (("faces", "crop_png"), ("frame_data", "jpeg"))
+
+
+def _store_images_uncompressed(db: Database) -> None:
+    if db.dialect != "postgresql":
+        return
+    for table, column in _UNCOMPRESSED_COLUMNS:
+        storage = db.scalar(
+            "SELECT attstorage FROM pg_attribute WHERE attrelid = to_regclass(?) AND attname = ?", (table, column))
+        if storage not in (None, "e"):
+            db.execute(f"ALTER TABLE {table} ALTER COLUMN {column} SET STORAGE EXTERNAL")
 
 
 def _upgrade(db: Database, stored: int | None) -> None:

@@ -162,3 +162,20 @@ def test_the_dashboard_waits_a_bounded_time_for_the_schema(tmp_path, pki_dir):
         open_store(config)
     IngestStore(empty, migrate=True).close()  # the ingest's first start
     open_store(config).close()
+
+
+def test_postgresql_stores_images_uncompressed_and_an_existing_database_is_switched(database_url):  # noqa: F811
+    database = Database(database_url)
+    if database.dialect != "postgresql":
+        database.close()
+        pytest.skip("PostgreSQL's TOAST storage setting; SQLite has none")
+    storage = ("SELECT attstorage FROM pg_attribute WHERE attrelid = to_regclass(?) AND attname = ?")
+    try:
+        schema.migrate(database)
+        assert [database.scalar(storage, column) for column in schema._UNCOMPRESSED_COLUMNS] == ["e", "e"]
+        # A database made before the setting (compressible storage) is switched by the next migration.
+        database.execute("ALTER TABLE faces ALTER COLUMN crop_png SET STORAGE EXTENDED")
+        schema.migrate(database)
+        assert database.scalar(storage, ("faces", "crop_png")) == "e"
+    finally:
+        database.close()
