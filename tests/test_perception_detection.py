@@ -181,3 +181,42 @@ def test_local_search_boxes_do_not_drift_on_a_still_image() -> None:
     assert {face.track_id for face in faces} == set(first)
     for face in faces:
         assert abs(face.box[2] / first[face.track_id][2] - 1.0) <= 0.05, (face.box, first[face.track_id])
+
+
+def test_a_dark_picture_is_equalised_for_detection_with_hysteresis() -> None:
+    detector = FaceDetector(DetectionSettings())
+    ramp = np.tile(np.linspace(0, 255, 640, dtype=np.float32), (360, 1))  # every grey level, left to right
+    threshold = DetectionSettings().dark_highlights_below
+
+    def lit(highlights: float) -> bool:
+        # A frame whose brightest cells sit at about `highlights` grey levels.
+        detector.detect((ramp * highlights / 255.0).astype(np.uint8))
+        return detector.dark
+
+    assert lit(250) is False
+    assert lit(threshold * 0.5) is True
+    assert lit(threshold + 8) is True  # inside the hysteresis band: still dark
+    assert lit(threshold + 40) is False
+    assert lit(threshold + 8) is False  # coming from lit: the band does not switch it on
+    assert FaceDetector(DetectionSettings(dark_highlights_below=None)).dark is False
+
+
+def test_faces_in_low_light_with_noise_are_found_thanks_to_equalisation() -> None:
+    pytest.importorskip("bench.facesets.synthetic")
+    from bench.facesets.metrics import Truth, score_clip
+    from bench.facesets.photos import MediaMissing, load_photos
+    from bench.facesets.synthetic import CLIPS, DEFAULT_SEED, build_clip
+
+    try:
+        clip = build_clip(CLIPS["dark_noise_blur"], DEFAULT_SEED, load_photos())
+    except MediaMissing as missing:
+        pytest.skip(str(missing))
+    truth = [[Truth(face.face_id, tuple(face.box), face.findable) for face in faces] for faces in clip.truth]
+
+    def recall(**detection: object) -> float:
+        pipeline = stub_pipeline(**detection)
+        boxes = [[tuple(box) for box in pipeline.detect_and_track(frame)[1]] for frame in clip.frames]
+        return score_clip(truth, boxes, clip.cuts).recall
+
+    assert recall() >= 0.97
+    assert recall(dark_highlights_below=None) < 0.9  # what the equalisation is for (0.82 without it)

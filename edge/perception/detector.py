@@ -70,6 +70,8 @@ def pyramid_window_size(target: float, window_size: int, scale_factor: float) ->
 
 OVERLAP_SUPPRESSION_IOU = 0.3
 
+DARK_HYSTERESIS = 16.0  # grey levels above dark_highlights_below before a dark scene counts as lit again
+
 
 def strongest_of_overlapping(boxes: list[Box], strengths: Sequence[float]) -> list[Box]:
     """Of boxes overlapping by IoU >= 0.3, keep the strongest (most raw cascade hits).
@@ -264,6 +266,7 @@ class FaceDetector:
         self.last_search_was_full = False
         self.scene_cut = False
         self.last_boxes_searched: list[bool] = []
+        self.dark = False  # the last frame was equalised for detection (dark_highlights_below)
 
     def reset(self) -> None:
         """Forget the schedule (new video source): the next frame gets a whole-frame detection."""
@@ -271,6 +274,7 @@ class FaceDetector:
         self.change.reset()
         self.last_search_was_full = False
         self.scene_cut = False
+        self.dark = False
 
     def detect(self, gray: np.ndarray, tracked_boxes: Sequence[Box] = (), color: np.ndarray | None = None) -> list[Box]:
         """Faces in a frame, as full-resolution boxes (Haar convention).
@@ -279,8 +283,9 @@ class FaceDetector:
         blazeface backend; grey is used when absent); ``tracked_boxes`` are
         where the tracked faces are expected (full resolution).
         """
-        self.change.update(gray)
+        self.change.update(gray)  # on the frame as it is: equalising only some frames must not look like a cut
         self.scene_cut = self.change.cut and self._frames_since_full_detection is not None
+        gray = self._lit(gray)
         if self._whole_frame_due(tracked_boxes):
             return self._whole_frame(gray, color, () if self.scene_cut else tracked_boxes)
         self._frames_since_full_detection = (self._frames_since_full_detection or 0) + 1
@@ -296,6 +301,20 @@ class FaceDetector:
             searched.extend(self.backend.region(gray, color, region))
             self.change.mark_searched(region)
         return self._confirmed(gray, color, self._merged(found, searched), tracked_boxes)
+
+    def _lit(self, gray: np.ndarray) -> np.ndarray:
+        """The detection image: equalised while the picture is dark (Haar only; BlazeFace reads the colour frame).
+
+        In low light with sensor noise the cascade still fires near a face, but its boxes drift and grow
+        (a 143 px face boxed at 174 px, or lost at half size); equalising spreads the few grey levels the
+        picture uses over the whole range. Only in the dark: in a well-lit frame it adds false positives.
+        """
+        threshold = self.settings.dark_highlights_below
+        if threshold is None or self.settings.backend != "haar" or self.settings.equalize_hist:
+            return gray
+        highlights = self.change.highlights()
+        self.dark = highlights < threshold or (self.dark and highlights < threshold + DARK_HYSTERESIS)
+        return cv2.equalizeHist(gray) if self.dark else gray
 
     def _changed_regions(self) -> list[Box]:
         # A region at least twice the smallest face: the face must fit inside with some context.

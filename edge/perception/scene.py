@@ -68,6 +68,12 @@ class ChangeMap:
             self._searched = thumbnail.copy()
         return self.cut
 
+    def highlights(self) -> float:
+        """The grey level 99 % of the last frame is darker than (on the thumbnail: noise averaged away)."""
+        if self._thumbnail is None:
+            return 255.0
+        return float(np.percentile(self._thumbnail, 99))
+
     def _is_cut(self, thumbnail: np.ndarray, frame_histogram: np.ndarray) -> bool:
         mean_difference = float(np.abs(thumbnail - self._previous).mean())
         histogram_distance = 0.5 * float(np.abs(frame_histogram - self._previous_histogram).sum())

@@ -9,7 +9,7 @@ instead of silently running with a default.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -195,8 +195,15 @@ class DetectionSettings(StrictSettings):
     )
     equalize_hist: bool = Field(
         default=False,
-        description="Equalise the histogram of the detection image first; helps in dim or low-contrast scenes, "
-        "costs a little time and can add false positives.",
+        description="Equalise the histogram of every detection image first (see dark_highlights_below for doing "
+        "it only in the dark); helps in dim or low-contrast scenes, costs a little time and adds false positives "
+        "in well-lit ones.",
+    )
+    dark_highlights_below: Annotated[float, Field(ge=0, le=255)] | None = Field(
+        default=160.0,
+        description="Haar backend: equalise the detection image of a frame whose highlights (the grey level 99 % "
+        "of the picture is darker than) are below this level: a dark or underexposed picture, where the "
+        "cascade's boxes drift off noisy faces. Off again above it plus 16 (no flicker). None: never.",
     )
 
     @model_validator(mode="after")
