@@ -220,3 +220,42 @@ def test_faces_in_low_light_with_noise_are_found_thanks_to_equalisation() -> Non
 
     assert recall() >= 0.97
     assert recall(dark_highlights_below=None) < 0.9  # what the equalisation is for (0.82 without it)
+
+
+def test_follow_patch_moves_a_box_with_its_picture_and_refuses_another_picture() -> None:
+    from edge.perception.detector import follow_patch
+
+    frame = cv2.cvtColor(cv2.imread(str(media_path("group_photo.jpg"))), cv2.COLOR_BGR2GRAY)
+    frame = cv2.resize(frame, (640, 400))
+    box = (260, 120, 80, 80)
+    for shift_x, shift_y in ((6, 0), (-5, 4), (0, -7)):
+        moved = np.roll(np.roll(frame, shift_y, axis=0), shift_x, axis=1)
+        x, y, w, h = follow_patch(frame, moved, box)
+        # Within one pixel of the 32 px patch (5 px here): the face's box still overlaps itself by IoU > 0.85.
+        assert abs(x - (box[0] + shift_x)) <= 5 and abs(y - (box[1] + shift_y)) <= 5 and (w, h) == box[2:]
+    other = np.random.default_rng(1).integers(0, 256, frame.shape, dtype=np.uint8)
+    assert follow_patch(frame, other, box) is None
+
+
+def test_each_tracked_face_is_searched_every_n_frames_and_followed_in_between(woman2_frames: list[np.ndarray]) -> None:
+    def around_calls(every: int) -> list[int]:
+        pipeline = stub_pipeline(search_every_n=every, full_detect_every_n=1000, idle_detect_every_n=1000)
+        calls = []
+        original = pipeline.detector.backend.around
+
+        def counted(*args, **kwargs):
+            calls[-1] += 1
+            return original(*args, **kwargs)
+
+        pipeline.detector.backend.around = counted
+        found = []
+        for frame in woman2_frames[:40]:
+            calls.append(0)
+            found.append(len(pipeline.process(frame).faces))
+        assert found.count(1) >= 38  # the face is reported in (nearly) every frame either way
+        return calls[1:]  # after the first frame's whole-frame search
+
+    every_frame, every_other = around_calls(1), around_calls(2)
+    assert min(every_frame) >= 1
+    assert sum(every_other) <= 0.6 * sum(every_frame)
+    assert all(calls >= 1 for calls in every_other[1::2])  # searched on every second frame

@@ -73,6 +73,58 @@ OVERLAP_SUPPRESSION_IOU = 0.3
 DARK_HYSTERESIS = 16.0  # grey levels above dark_highlights_below before a dark scene counts as lit again
 
 
+FOLLOW_PATCH_SIDE = 32  # pixels: a face patch is compared at this size (enough for the shift, cheap)
+FOLLOW_MIN_RESPONSE = 0.2  # phase-correlation peak below this: the picture changed too much to follow
+FOLLOW_MIN_SIMILARITY = 0.7  # correlation of the patch with itself moved back (the same face: > 0.9)
+
+
+def follow_patch(previous: np.ndarray, current: np.ndarray, box: Box) -> Box | None:
+    """``box`` moved by the shift of its picture from ``previous`` to ``current``; None if not trackable.
+
+    Both frames' patches at the box (grown by half on each side, so a moving face stays inside) are
+    shrunk to 32 px and phase-correlated (Hanning window): the peak gives the shift, its height how
+    much of the picture simply moved. A face that turned, was covered or left gives a low peak, and
+    is then searched for as usual.
+    """
+    height, width = current.shape[:2]
+    region = clip_box(expand_box(box, 0.5), width, height)
+    if region is None or region[2] < 8 or region[3] < 8:
+        return None
+    x, y, w, h = region
+    size = (FOLLOW_PATCH_SIDE, FOLLOW_PATCH_SIDE)
+    before = cv2.resize(previous[y:y + h, x:x + w], size, interpolation=cv2.INTER_AREA).astype(np.float32)
+    after = cv2.resize(current[y:y + h, x:x + w], size, interpolation=cv2.INTER_AREA).astype(np.float32)
+    (shift_x, shift_y), response = cv2.phaseCorrelate(before, after, _hanning(FOLLOW_PATCH_SIDE))
+    if response < FOLLOW_MIN_RESPONSE or not _same_picture(before, after, shift_x, shift_y):
+        return None
+    moved = (int(round(box[0] + shift_x * w / FOLLOW_PATCH_SIDE)), int(round(box[1] + shift_y * h / FOLLOW_PATCH_SIDE)), box[2], box[3])
+    return clip_box(moved, width, height)
+
+
+def _same_picture(before: np.ndarray, after: np.ndarray, shift_x: float, shift_y: float) -> bool:
+    """Does ``after``, moved back by the shift, look like ``before`` (correlation of the middles)?
+
+    The phase-correlation peak always points somewhere, even between unrelated pictures; this
+    is the check that the patch really moved rather than changed.
+    """
+    back = np.float32([[1, 0, -shift_x], [0, 1, -shift_y]])
+    aligned = cv2.warpAffine(after, back, after.shape[::-1], flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    inner = slice(FOLLOW_PATCH_SIDE // 8, -FOLLOW_PATCH_SIDE // 8)
+    a, b = before[inner, inner].ravel(), aligned[inner, inner].ravel()
+    a, b = a - a.mean(), b - b.mean()
+    norm = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return norm > 0 and float((a * b).sum()) / norm >= FOLLOW_MIN_SIMILARITY
+
+
+_HANNING: dict[int, np.ndarray] = {}
+
+
+def _hanning(side: int) -> np.ndarray:
+    if side not in _HANNING:
+        _HANNING[side] = cv2.createHanningWindow((side, side), cv2.CV_32F)
+    return _HANNING[side]
+
+
 def strongest_of_overlapping(boxes: list[Box], strengths: Sequence[float]) -> list[Box]:
     """Of boxes overlapping by IoU >= 0.3, keep the strongest (most raw cascade hits).
 
@@ -267,6 +319,9 @@ class FaceDetector:
         self.scene_cut = False
         self.last_boxes_searched: list[bool] = []
         self.dark = False  # the last frame was equalised for detection (dark_highlights_below)
+        self._previous_gray: np.ndarray | None = None
+        self._last_found: list[Box] = []
+        self._since_search = 0
 
     def reset(self) -> None:
         """Forget the schedule (new video source): the next frame gets a whole-frame detection."""
@@ -275,6 +330,7 @@ class FaceDetector:
         self.last_search_was_full = False
         self.scene_cut = False
         self.dark = False
+        self._previous_gray, self._last_found, self._since_search = None, [], 0
 
     def detect(self, gray: np.ndarray, tracked_boxes: Sequence[Box] = (), color: np.ndarray | None = None) -> list[Box]:
         """Faces in a frame, as full-resolution boxes (Haar convention).
@@ -294,13 +350,45 @@ class FaceDetector:
         if busy and self._frames_since_full_detection >= self.settings.busy_detect_every_n:
             # Most of the picture changed (the camera moves): one whole-frame search, but not every frame.
             return self._whole_frame(gray, color, tracked_boxes)
-        found = self._around_tracked(gray, color, tracked_boxes)
+        followed, to_search = self._follow(gray, tracked_boxes, busy)
+        found = remove_nested(followed + self._around_tracked(gray, color, to_search))
         searched: list[Box] = []
         # While busy, what changed stays marked until the next whole-frame search.
         for region in [] if busy else self._changed_regions():
             searched.extend(self.backend.region(gray, color, region))
             self.change.mark_searched(region)
-        return self._confirmed(gray, color, self._merged(found, searched), tracked_boxes)
+        return self._remember(gray, self._confirmed(gray, color, self._merged(found, searched), tracked_boxes))
+
+    def _follow(self, gray: np.ndarray, tracked_boxes: Sequence[Box], busy: bool) -> tuple[list[Box], list[Box]]:
+        """Faces followed without a search this frame, and the tracked boxes still to search around.
+
+        The search around a tracked face is most of the detector's time with a few faces in view
+        (~1.3 ms a face). Between two such searches, a face that was found in the previous frame is
+        followed by the shift of its picture (phase correlation of the two frames' patches, ~0.05 ms):
+        every ``search_every_n`` frames each face is searched again, which also corrects its size.
+        """
+        every = self.settings.search_every_n
+        self._since_search = (self._since_search + 1) % every if every > 1 else 0
+        # In the dark, sensor noise (amplified by the equalisation) makes the correlation peak wander.
+        if (self._since_search == 0 or self.dark or self._previous_gray is None
+                or self._previous_gray.shape != gray.shape):
+            return [], list(tracked_boxes)
+        followed, to_search = [], []
+        for box in tracked_boxes:
+            fresh = any(intersection_over_union(box, last) >= 0.5 for last in self._last_found)
+            moved = follow_patch(self._previous_gray, gray, box) if fresh else None
+            if moved is None:
+                to_search.append(box)
+            else:
+                followed.append(moved)
+                if not busy:
+                    self.change.mark_searched(expand_box(moved, self.settings.roi_margin))
+        return followed, to_search
+
+    def _remember(self, gray: np.ndarray, boxes: list[Box]) -> list[Box]:
+        """Keep this frame (and what it found) for following the faces in the next one."""
+        self._previous_gray, self._last_found = gray, list(boxes)
+        return boxes
 
     def _lit(self, gray: np.ndarray) -> np.ndarray:
         """The detection image: equalised while the picture is dark (Haar only; BlazeFace reads the colour frame).
@@ -343,7 +431,7 @@ class FaceDetector:
                                        if all(intersection_over_union(box, found) < 0.5 for found in whole)])
         whole_set = set(whole)
         self.last_boxes_searched = [box in whole_set for box in boxes]
-        return self._confirmed(gray, color, boxes, tracked_boxes)
+        return self._remember(gray, self._confirmed(gray, color, boxes, tracked_boxes))
 
     def _around_tracked(self, gray: np.ndarray, color: np.ndarray | None, tracked_boxes: Sequence[Box]) -> list[Box]:
         found: list[Box] = []

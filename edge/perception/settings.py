@@ -138,6 +138,12 @@ class DetectionSettings(StrictSettings):
         description="A frame whose grey histogram moved by this much (total variation distance, 0-1) from the "
         "previous frame's starts a new scene too (cuts on the face set give >= 0.38, pans <= 0.1).",
     )
+    search_every_n: int = Field(
+        default=2, ge=1, le=10,
+        description="Search around each tracked face every N frames; in between, a face found in the previous "
+        "frame is followed by the shift of its picture (phase correlation, ~0.05 ms instead of ~1.3 ms a face). "
+        "1: search every face every frame.",
+    )
     busy_area: float = Field(
         default=0.4,
         gt=0.0,
