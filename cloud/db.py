@@ -213,6 +213,20 @@ class Database:
             yield
 
     @contextmanager
+    def derived_writes(self) -> Iterator[None]:
+        """A transaction for data derived from what is durable already: its commit does not wait for the disk.
+
+        PostgreSQL: ``synchronous_commit = off`` for this transaction only (a
+        server crash may lose its last fraction of a second of such commits,
+        never the results they are derived from). SQLite in WAL mode with
+        ``synchronous=NORMAL`` never waits at commit: a plain transaction.
+        """
+        with self.transaction():
+            if self.dialect == "postgresql":
+                self.execute("SET LOCAL synchronous_commit TO OFF")
+            yield
+
+    @contextmanager
     def savepoint(self) -> Iterator[None]:
         """A nested transaction: on error only this part is undone (one bad message in a batch)."""
         connection = self.connection()
