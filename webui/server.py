@@ -93,7 +93,12 @@ class WebServer:
         self.services.hub.close()
         self._server.task_dispatcher.shutdown(timeout=SHUTDOWN_TIMEOUT_S)
         self._stopping.set()
-        self._server.pull_trigger()  # wake the poll now rather than after its timeout
+        try:
+            self._server.pull_trigger()  # wake the poll now rather than after its timeout
+        except OSError:
+            # The loop saw _stopping at the end of a poll and closed every socket, the trigger too,
+            # before this line ran: there is nothing left to wake.
+            pass
         if self._thread is not None:
             self._thread.join(SHUTDOWN_TIMEOUT_S)
         self.services.stop()
