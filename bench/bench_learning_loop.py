@@ -565,10 +565,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--schedule", choices=("constant", "cosine"), default="cosine")
     parser.add_argument("--warmup-epochs", type=int, default=1)
     parser.add_argument("--time-budget", type=float, default=900.0, help="seconds of training per run at most")
-    parser.add_argument("--base-train", type=int, default=1000, help="FER2013 training faces mixed in")
+    parser.add_argument("--base-train", type=int, default=5000, help="FER2013 training faces mixed in")
     parser.add_argument("--base-selection", type=int, default=300, help="FER2013 x_val faces for early stopping")
-    parser.add_argument("--collected-min-share", type=float, default=0.0, help="repeat collected faces to this share of the mix")
-    parser.add_argument("--distillation", type=float, default=0.0, help="weight of the base model's answers in FER2013 targets")
+    parser.add_argument("--collected-min-share", type=float, default=0.25, help="repeat collected faces to this share of the mix")
+    parser.add_argument("--distillation", type=float, default=0.5, help="weight of the base model's answers in FER2013 targets")
     parser.add_argument("--freeze-batch-norm", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--early-stopping-on", choices=("first", "mean"), default="first")
     parser.add_argument("--gate-margin", type=float, default=0.02,

@@ -52,6 +52,9 @@ VARIANTS: dict[str, dict] = {
     "base5000-share25-kd50-lr1e-4": {"base_train": 5000, "share": 0.25, "distillation": 0.5, "learning_rate": 1e-4},
     "base5000-share40-kd50": {"base_train": 5000, "share": 0.40, "distillation": 0.5},
     "base5000-share25-kd80": {"base_train": 5000, "share": 0.25, "distillation": 0.8},
+    "base5000-share50-kd50": {"base_train": 5000, "share": 0.50, "distillation": 0.5},
+    "base5000-share40-kd50-frozenbn": {"base_train": 5000, "share": 0.40, "distillation": 0.5, "freeze_batch_norm": True},
+    "base5000-share40-kd50-lr5e-4": {"base_train": 5000, "share": 0.40, "distillation": 0.5, "learning_rate": 5e-4},
 }
 
 
