@@ -1,7 +1,10 @@
 """Benchmark: the learning loop on a shifted domain, end to end, with every part real.
 
     python bench/bench_learning_loop.py [--fractions 0.25 0.5 1.0] [--faces 3589] [--epochs 8]
-                                        [--json docs/bench-learning-loop.json] [--tiny]
+                                        [--json docs/bench-learning-loop.json] [--tiny] [--keep] [--frames-from WORK]
+
+``--keep`` leaves the work folder, with what ``bench/loop_experiments.py`` needs to try training recipes
+on the stored pool without this benchmark's held-out half; ``--frames-from`` reuses a kept run's frames.
 
 1. **A new camera.** FER2013 PublicTest faces (``x_val``, which the pretrained
    model never trained on; ../shared/data) go through a seeded camera model:
@@ -178,6 +181,21 @@ def write_blank_frames(folder: Path, count: int, seed: int) -> None:
         cv2.imwrite(str(folder / f"z{index:04d}.jpg"), cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR), [cv2.IMWRITE_JPEG_QUALITY, 40])
 
 
+def vars_of(face: Placed) -> list[int]:
+    return [face.row, face.label, *face.box]
+
+
+def reuse_frames(kept: Path, work: Path, pool_rows: np.ndarray, held_rows: np.ndarray) -> tuple[list[Placed], list[Placed]]:
+    """The frames of a kept run of the same domain (same seed and rows: the same files), copied, not generated again."""
+    placed = json.loads((kept / "placed.json").read_text())
+    pool, held = ([Placed(row, label, tuple(box)) for row, label, *box in placed[part]] for part in ("pool", "held_out"))
+    if placed["seed"] != SEED or [face.row for face in pool] != pool_rows.tolist() or [face.row for face in held] != held_rows.tolist():
+        raise SystemExit(f"--frames-from {kept}: another domain (seed or rows differ); generate the frames instead")
+    for folder in ("pool", "held-out"):
+        shutil.copytree(kept / folder, work / folder)
+    return pool, held
+
+
 def is_the_placed_face(box, placed: Placed) -> bool:
     """A detection is the face when its centre lies in the placed square and its size is near the square's."""
     x, y, width, height = box
@@ -340,6 +358,10 @@ def retrain_env(services: Services, store: Path, exclude: Path, args: argparse.N
         "EMQ_RETRAIN__TRAINING__LABEL_SMOOTHING": str(args.label_smoothing),
         "EMQ_RETRAIN__TRAINING__SCHEDULE": args.schedule,
         "EMQ_RETRAIN__TRAINING__WARMUP_EPOCHS": str(args.warmup_epochs if args.epochs > 1 else 0),
+        "EMQ_RETRAIN__TRAINING__DISTILLATION": str(args.distillation),
+        "EMQ_RETRAIN__TRAINING__FREEZE_BATCH_NORM": str(args.freeze_batch_norm).lower(),
+        "EMQ_RETRAIN__TRAINING__EARLY_STOPPING_ON": args.early_stopping_on,
+        "EMQ_RETRAIN__DATASET__COLLECTED_MIN_SHARE": str(args.collected_min_share),
         "EMQ_RETRAIN__DATASET__MIN_TRAIN_SAMPLES": "1",
         "EMQ_RETRAIN__DATASET__BASE_NPZ": str(FER2013),
         "EMQ_RETRAIN__DATASET__BASE_TRAIN_SAMPLES": str(args.base_train),
@@ -420,10 +442,16 @@ def run(args: argparse.Namespace) -> dict:
     print(f"work folder {work}; pool {len(pool_rows)} faces, held-out {len(held_rows)} (after leaving out FER2013 selection rows)", flush=True)
 
     started = time.monotonic()
-    pool_placed = write_frames(work / "pool", x_val, y_val, pool_rows, SEED)
-    write_blank_frames(work / "pool", BLANK_FRAMES, SEED)
-    held_placed = write_frames(work / "held-out", x_val, y_val, held_rows, SEED)
-    timings["generate_frames_s"] = time.monotonic() - started
+    if args.frames_from is not None:
+        pool_placed, held_placed = reuse_frames(args.frames_from, work, pool_rows, held_rows)
+        timings["copy_frames_s"] = time.monotonic() - started
+    else:
+        pool_placed = write_frames(work / "pool", x_val, y_val, pool_rows, SEED)
+        write_blank_frames(work / "pool", BLANK_FRAMES, SEED)
+        held_placed = write_frames(work / "held-out", x_val, y_val, held_rows, SEED)
+        timings["generate_frames_s"] = time.monotonic() - started
+    (work / "placed.json").write_text(json.dumps({"seed": SEED, "pool": [vars_of(face) for face in pool_placed],
+                                                   "held_out": [vars_of(face) for face in held_placed]}))
     exclude = work / "pool-rows.npy"
     np.save(exclude, pool_rows)
 
@@ -452,6 +480,10 @@ def run(args: argparse.Namespace) -> dict:
         print(f"before: shifted held-out {before_shifted:.4f} ({len(labels)} faces), clean originals {before_clean:.4f}", flush=True)
 
         order = np.random.default_rng(SEED + 1).permutation(len(true_faces))
+        if args.keep:  # for bench/loop_experiments.py: which stored faces are labelled first, and their originals
+            np.savez(work / "loop-data.npz", pool_rows=pool_rows, held_rows=held_rows,
+                     face_ids=np.array([true_faces[index].face_id for index in order], np.int64),
+                     positions=np.array([true_faces[index].position for index in order], np.int64))
         labelled = 0
         results = {
             "domain": {"faces": int(args.faces), "pool_pictures": len(pool_rows), "held_out_pictures": len(held_rows),
@@ -533,12 +565,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--schedule", choices=("constant", "cosine"), default="cosine")
     parser.add_argument("--warmup-epochs", type=int, default=1)
     parser.add_argument("--time-budget", type=float, default=900.0, help="seconds of training per run at most")
-    parser.add_argument("--base-train", type=int, default=1000, help="FER2013 training faces mixed in")
+    parser.add_argument("--base-train", type=int, default=5000, help="FER2013 training faces mixed in")
     parser.add_argument("--base-selection", type=int, default=300, help="FER2013 x_val faces for early stopping")
+    parser.add_argument("--collected-min-share", type=float, default=0.25, help="repeat collected faces to this share of the mix")
+    parser.add_argument("--distillation", type=float, default=0.5, help="weight of the base model's answers in FER2013 targets")
+    parser.add_argument("--freeze-batch-norm", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--early-stopping-on", choices=("first", "mean"), default="first")
     parser.add_argument("--gate-margin", type=float, default=0.02,
                         help="non-inferiority margin on FER2013 (the product's default is 0.005; see the README)")
     parser.add_argument("--tiny", action="store_true", help="a fast smoke run: 120 faces, one epoch, one fraction")
-    parser.add_argument("--keep", action="store_true", help="keep the work folder (frames, logs, cards)")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (frames, logs, cards, the crops' order)")
+    parser.add_argument("--frames-from", type=Path, help="a kept work folder of the same domain: copy its frames instead of generating them")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     if args.tiny:

@@ -73,6 +73,10 @@ class DatasetConfig(StrictSettings):
     min_train_samples: Annotated[int, Field(ge=1)] = Field(default=20, description="Refuse to train on fewer collected samples.")
     base_npz: Path | None = Field(default=None, description="FER2013 npz (x_train/y_train/x_val/y_val) to mix in, so the model does not forget; the gate needs it.")
     base_train_samples: Annotated[int, Field(ge=0)] = 5000
+    collected_min_share: Annotated[float, Field(ge=0, lt=1)] = Field(
+        default=0.25, description="Repeat the collected training faces (whole copies) until they are at least this share of the "
+        "training faces mixed with the base set's, so a few hundred new faces are not drowned out (0: no repeats).",
+    )
     base_selection_samples: Annotated[int, Field(ge=0)] = Field(default=1000, description="x_val faces for early stopping.")
     base_gate_samples: Annotated[int, Field(ge=1)] | None = Field(default=None, description="x_val faces for the gate, none of them in selection (None: all the others).")
     base_gate_exclude: Path | None = Field(
@@ -98,17 +102,27 @@ class GateConfig(StrictSettings):
 
 
 class TrainingConfig(StrictSettings):
-    epochs: Annotated[int, Field(ge=1, le=1000)] = 10
+    """Defaults: the recipe chosen on the learning-loop benchmark's labelling pool (README, "The learning loop on a new camera")."""
+
+    epochs: Annotated[int, Field(ge=1, le=1000)] = 8
     batch_size: Annotated[int, Field(ge=1, le=1024)] = 64
-    learning_rate: Annotated[float, Field(gt=0, lt=1)] = 1e-4
+    learning_rate: Annotated[float, Field(gt=0, lt=1)] = 3e-4
     patience: Annotated[int, Field(ge=1)] = 3
     time_budget_s: Annotated[float, Field(gt=0)] = 1800.0
     seed: int = 7
     augment: bool = True
     from_scratch: bool = False
-    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    schedule: Literal["constant", "cosine"] = "constant"
-    warmup_epochs: Annotated[int, Field(ge=0)] = Field(default=0, description="Linear warm-up (cosine schedule only); below epochs.")
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    schedule: Literal["constant", "cosine"] = "cosine"
+    warmup_epochs: Annotated[int, Field(ge=0)] = Field(default=1, description="Linear warm-up (cosine schedule only); a run of fewer epochs warms up for epochs - 1.")
+    distillation: Annotated[float, Field(ge=0, lt=1)] = Field(
+        default=0.5, description="Blend the base set's training targets with the current model's answers by this weight "
+        "(Learning without Forgetting), so fine-tuning keeps what it knew.",
+    )
+    freeze_batch_norm: bool = Field(default=False, description="Keep the current model's batch-norm statistics and scales.")
+    early_stopping_on: Literal["first", "mean"] = Field(
+        default="first", description="first: the collected selection set's loss (FER2013's if too few); mean: the mean over both.",
+    )
 
 
 class RetrainConfig(StrictSettings):
@@ -162,22 +176,39 @@ def base_split(config: DatasetConfig) -> BaseSplit | None:
     return split_base_set(config.base_npz, config.base_train_samples, config.base_selection_samples, config.base_gate_samples, exclude)
 
 
-def training_data(collected: CollectedDataset, base: BaseSplit | None):
-    """Training faces and the selection sets that steer early stopping: never a gate face."""
+def collected_repeats(collected_count: int, base_count: int, min_share: float) -> int:
+    """Whole copies of the collected training faces so they are at least ``min_share`` of the mix (1: no repeat)."""
+    if collected_count == 0 or base_count == 0 or min_share <= 0:
+        return 1
+    # repeats * c / (repeats * c + b) >= share  <=>  repeats >= share * b / ((1 - share) * c)
+    return max(1, int(np.ceil(min_share * base_count / ((1 - min_share) * collected_count) - 1e-9)))
+
+
+def training_data(collected: CollectedDataset, base: BaseSplit | None, collected_min_share: float = 0.0):
+    """Training faces and the selection sets that steer early stopping: never a gate face.
+
+    The collected faces are repeated (``collected_repeats``) against the base set's; the base set's
+    faces are the ones ``TrainingData.distill`` marks for distillation.
+    """
     from models.training import TrainingData  # TensorFlow from here on
 
     x_train, y_train = collected.train.x, collected.train.y
     selection = {}
     if len(collected.selection):
         selection["collected"] = (collected.selection.x, collected.selection.y)
+    distill = np.zeros(len(y_train), bool)
     if base is not None:
-        x_train = np.concatenate([x_train, base.train[0]])
-        y_train = np.concatenate([y_train, base.train[1]])
+        repeats = collected_repeats(len(y_train), len(base.train[1]), collected_min_share)
+        if repeats > 1:
+            log.info("collected training faces repeated %d times against %d base faces", repeats, len(base.train[1]))
+        x_train = np.concatenate([np.tile(x_train, (repeats, 1, 1)), base.train[0]])
+        y_train = np.concatenate([np.tile(y_train, repeats), base.train[1]])
+        distill = np.concatenate([np.zeros(len(y_train) - len(base.train[1]), bool), np.ones(len(base.train[1]), bool)])
         if len(base.selection[1]):
             selection["fer2013"] = base.selection
     if not selection:
         raise NotEnoughData("no selection data for early stopping: collect more sessions or give dataset.base_npz")
-    return TrainingData(x_train=x_train, y_train=y_train, validation=selection)
+    return TrainingData(x_train=x_train, y_train=y_train, validation=selection, distill=distill)
 
 
 def gate_sets(collected: CollectedDataset, base: BaseSplit | None):
@@ -218,11 +249,13 @@ def run_retraining(config: RetrainConfig) -> Outcome:
     base = base_split(config.dataset)
     rule = config.gate.rule()
     warn_if_undecidable(collected, base, rule)
-    data = training_data(collected, base)
+    data = training_data(collected, base, config.dataset.collected_min_share)
 
     registry = ModelRegistry(config.model_store)
     current = registry.current()
-    settings = TrainingSettings(**config.training.model_dump())
+    training = config.training.model_dump()
+    training["warmup_epochs"] = min(training["warmup_epochs"], training["epochs"] - 1)  # a one-epoch run has no warm-up
+    settings = TrainingSettings(**training)
     start_from = None if settings.from_scratch else registry.path_of(current, "keras")
     run = train(data, settings=settings, start_from=start_from, progress=log.info)
     log.info("trained %d epochs in %.0f s (%s), %.0f images/s", run.epochs_run, run.seconds, run.stopped_reason, run.images_per_second)

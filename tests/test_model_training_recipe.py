@@ -110,3 +110,61 @@ def test_a_killed_run_resumes_from_its_last_epoch(fer2013, pretrained_keras, tmp
     assert any(line.startswith("epoch 3/3") for line in lines) and not any(line.startswith("epoch 1/3") for line in lines)
     assert resumed.best_epoch is not None
     assert not (tmp_path / "checkpoint" / "early-stopping.json").exists()  # a finished run leaves no resume state
+
+
+# -- fine-tuning without forgetting ----------------------------------------------------------------
+
+
+def test_soft_targets_pass_through_the_pipeline_unchanged() -> None:
+    faces = np.random.default_rng(0).integers(0, 256, (8, 64, 64), dtype=np.uint8)
+    soft = np.random.default_rng(1).dirichlet(np.ones(7), 8).astype(np.float32)
+    (_, targets), = list(training_dataset(faces, soft, 8, seed=1, augment=False))
+    # The batch is shuffled: compare row sets (each row is a distinct random distribution).
+    np.testing.assert_allclose(targets.numpy()[np.argsort(targets.numpy()[:, 0])], soft[np.argsort(soft[:, 0])], atol=1e-7)
+
+
+def test_distillation_blends_the_marked_faces_targets_with_the_starting_model(fer2013, pretrained_keras) -> None:  # noqa: F811
+    import keras
+
+    from models.training import TrainingData, model_inputs
+    from models.training.loop import _targets
+
+    mask = np.arange(len(fer2013.y_train)) % 2 == 0
+    data = TrainingData(fer2013.x_train, fer2013.y_train, fer2013.validation, distill=mask)
+    model = keras.models.load_model(pretrained_keras, compile=False)
+    targets = _targets(data, TrainingSettings(distillation=0.5), model)
+    one_hot = np.eye(7)[fer2013.y_train]
+    np.testing.assert_allclose(targets[~mask], one_hot[~mask])  # unmarked faces keep their label
+    teacher = model.predict(model_inputs(fer2013.x_train[mask]), verbose=0)
+    np.testing.assert_allclose(targets[mask], 0.5 * one_hot[mask] + 0.5 * teacher, atol=1e-5)
+    assert _targets(data, TrainingSettings(), model) is data.y_train  # off by default: integer labels
+    with pytest.raises(ValueError, match="distill"):
+        TrainingData(fer2013.x_train, fer2013.y_train, distill=mask[:-1])
+
+
+def test_frozen_batch_norm_mean_early_stopping_and_distillation_train(fer2013, pretrained_keras) -> None:  # noqa: F811
+    import keras
+
+    settings = TrainingSettings(epochs=1, time_budget_s=600, distillation=0.5, freeze_batch_norm=True, early_stopping_on="mean",
+                                label_smoothing=0.1)
+    run = train(fer2013, settings=settings, start_from=pretrained_keras, progress=None)
+    # 'collected' has 8 faces (too few): the mean is over the one big-enough set, FER2013's.
+    assert run.monitored_set == "fer2013" and run.history["val_loss"] == run.history["val_fer2013_loss"]
+    start = keras.models.load_model(pretrained_keras, compile=False)
+    for layer in run.model.layers:  # frozen batch norm: statistics and scales as they were
+        if isinstance(layer, keras.layers.BatchNormalization):
+            for mine, theirs in zip(layer.get_weights(), start.get_layer(layer.name).get_weights()):
+                np.testing.assert_array_equal(mine, theirs)
+    assert run.summary()["settings"]["distillation"] == 0.5
+
+
+def test_mean_early_stopping_watches_every_big_enough_set() -> None:
+    from models.training.loop import _monitored
+
+    sets = {"collected": (None, np.zeros(30)), "fer2013": (None, np.zeros(300)), "tiny": (None, np.zeros(3))}
+    assert _monitored(sets, TrainingSettings(early_stopping_on="mean")) == ("collected", "fer2013")
+    assert _monitored(sets, TrainingSettings()) == "collected"
+    with pytest.raises(ValueError):
+        TrainingSettings(early_stopping_on="last")
+    with pytest.raises(ValueError):
+        TrainingSettings(distillation=1.0)

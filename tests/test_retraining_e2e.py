@@ -58,6 +58,11 @@ def retrain_env(tmp_path, pki_dir, port: int, database: str, store) -> dict[str,
         "EMQ_RETRAIN__TRAINING__EPOCHS": "1",
         "EMQ_RETRAIN__TRAINING__TIME_BUDGET_S": "60",
         "EMQ_RETRAIN__TRAINING__LEARNING_RATE": "2e-4",  # enough for one epoch to learn the label
+        # One epoch at a constant rate on plain labels (the job's defaults are the learning-loop benchmark's recipe).
+        "EMQ_RETRAIN__TRAINING__SCHEDULE": "constant",
+        "EMQ_RETRAIN__TRAINING__LABEL_SMOOTHING": "0",
+        "EMQ_RETRAIN__TRAINING__DISTILLATION": "0",
+        "EMQ_RETRAIN__DATASET__COLLECTED_MIN_SHARE": "0",
         "EMQ_RETRAIN__DATASET__MIN_TRAIN_SAMPLES": "1",  # the first run's 40 labels may be split across parts
         "EMQ_RETRAIN__DATASET__BASE_NPZ": str(FER2013),
         "EMQ_RETRAIN__DATASET__BASE_TRAIN_SAMPLES": "300",

@@ -44,15 +44,20 @@ def training_dataset(
     """Shuffled (and optionally augmented) batches of normalised faces and labels, one epoch per iteration.
 
     Labels are int64, or one-hot float32 with ``one_hot`` (needed for label
-    smoothing and for mixup, which mixes the targets as it mixes the faces).
+    smoothing and for mixup, which mixes the targets as it mixes the faces);
+    float (N, NUM_EMOTIONS) ``labels`` are soft targets, used as they are.
     Shuffling indices rather than images keeps one copy of the faces in
     memory; the order and the augmentation change every epoch, deterministically
     for a given seed.
     """
     inputs = tf.constant(model_inputs(faces))
-    targets = tf.constant(np.asarray(labels, dtype=np.int64))
-    if one_hot or mixup_alpha > 0:
-        targets = tf.one_hot(targets, NUM_EMOTIONS, dtype=tf.float32)
+    labels = np.asarray(labels)
+    if labels.ndim == 2:  # soft targets already (N, NUM_EMOTIONS), e.g. distilled ones
+        targets = tf.constant(labels.astype(np.float32))
+    else:
+        targets = tf.constant(labels.astype(np.int64))
+        if one_hot or mixup_alpha > 0:
+            targets = tf.one_hot(targets, NUM_EMOTIONS, dtype=tf.float32)
     count = len(labels)
     indices = tf.data.Dataset.range(count).shuffle(count, seed=seed, reshuffle_each_iteration=True)
     batches = indices.batch(batch_size).map(

@@ -77,21 +77,26 @@ class _ValidationEvaluator(keras.callbacks.Callback):
     """Adds ``val_<set>_loss``/``val_<set>_accuracy`` for every non-empty set, and
     ``val_loss``/``val_accuracy`` for the monitored one, to the epoch logs (hence the history)."""
 
-    def __init__(self, validation_sets: Mapping[str, LabelledFaces], monitored_set: str | None) -> None:
+    def __init__(self, validation_sets: Mapping[str, LabelledFaces], monitored_set: str | tuple[str, ...] | None) -> None:
         super().__init__()
         self.validation_sets = {name: pair for name, pair in validation_sets.items() if len(pair[1]) > 0}
-        self.monitored_set = monitored_set
+        # A tuple of names: val_loss/val_accuracy are the means over those sets.
+        self.monitored = (monitored_set,) if isinstance(monitored_set, str) else tuple(monitored_set or ())
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if logs is None:
             return
+        losses, accuracies = [], []
         for name, (inputs, labels) in self.validation_sets.items():
             loss, accuracy = loss_and_accuracy(self.model, inputs, labels)
             logs[f"val_{name}_loss"] = loss
             logs[f"val_{name}_accuracy"] = accuracy
-            if name == self.monitored_set:
-                logs["val_loss"] = loss
-                logs["val_accuracy"] = accuracy
+            if name in self.monitored:
+                losses.append(loss)
+                accuracies.append(accuracy)
+        if losses:
+            logs["val_loss"] = float(np.mean(losses))
+            logs["val_accuracy"] = float(np.mean(accuracies))
 
 
 class _EarlyStoppingWithBestWeights(keras.callbacks.Callback):

@@ -18,6 +18,7 @@ from contract.emotions import EMOTIONS, NUM_EMOTIONS
 from runtime.preprocess import FACE_SIZE, normalize_faces, resize_faces
 
 SCHEDULES = ("constant", "cosine")
+EARLY_STOPPING_ON = ("first", "mean")
 
 # A validation set smaller than this is too noisy to steer early stopping
 # (one face is 5 % of accuracy); the gate uses the same threshold.
@@ -50,6 +51,15 @@ class TrainingSettings:
     warmup_epochs: int = 0  # linear warm-up of the learning rate (cosine schedule only)
     target_accuracy: float | None = None  # stop once the monitored validation set reaches it
     checkpoint_dir: Path | None = None  # resume from here after an interruption (epoch granularity)
+    # Fine-tuning without forgetting (see the README's learning-loop section for what each gave).
+    # distillation > 0: the targets of the faces ``TrainingData.distill`` marks (the base set's) are
+    # (1 - d) * their label + d * the starting model's probabilities (Learning without Forgetting,
+    # Li & Hoiem 2017, with the old model's answers recorded once before training).
+    distillation: float = 0.0
+    freeze_batch_norm: bool = False  # keep the starting model's batch-norm statistics and scales
+    # "first": early stopping watches the first big-enough validation set; "mean": the mean loss of
+    # every validation set with at least MIN_VALIDATION_SAMPLES faces (new faces and base faces alike).
+    early_stopping_on: str = "first"
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -74,6 +84,10 @@ class TrainingSettings:
             raise ValueError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
         if self.target_accuracy is not None and not 0.0 < self.target_accuracy <= 1.0:
             raise ValueError(f"target_accuracy must be in (0, 1], got {self.target_accuracy}")
+        if not 0.0 <= self.distillation < 1.0:
+            raise ValueError(f"distillation must be in [0, 1), got {self.distillation}")
+        if self.early_stopping_on not in EARLY_STOPPING_ON:
+            raise ValueError(f"early_stopping_on must be one of {', '.join(EARLY_STOPPING_ON)}, got {self.early_stopping_on!r}")
 
     def to_json(self) -> dict[str, Any]:
         """The settings as a JSON-ready dict (for the model card)."""
@@ -93,17 +107,22 @@ class TrainingData:
     ``resize_faces``); ``y_train`` integer labels in ``EMOTIONS`` order.  Each
     validation set is ``(faces, labels)`` in the same format; the first one
     with at least ``MIN_VALIDATION_SAMPLES`` faces steers early stopping, so
-    put the set you care most about first.  Sets may be empty.
+    put the set you care most about first.  Sets may be empty.  ``distill``: a boolean mask of
+    the training faces whose targets ``TrainingSettings.distillation`` blends with the starting
+    model's answers (None: every face).
     """
 
     x_train: np.ndarray
     y_train: np.ndarray
     validation: Mapping[str, LabelledFaces] = field(default_factory=dict)
+    distill: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         check_labelled_faces("training", self.x_train, self.y_train)
         if len(self.y_train) == 0:
             raise ValueError("the training set is empty")
+        if self.distill is not None and (np.asarray(self.distill).dtype != bool or np.asarray(self.distill).shape != (len(self.y_train),)):
+            raise ValueError(f"distill must be a boolean mask of the {len(self.y_train)} training faces")
         for name, (faces, labels) in self.validation.items():
             check_labelled_faces(f"validation set {name!r}", faces, labels)
 

@@ -113,18 +113,25 @@ def train(
     report = progress or (lambda line: None)
     keras.utils.set_random_seed(settings.seed)
     canonical = _initial_model(settings, start_from)
+    targets = _targets(data, settings, canonical)
     trainable = training_graph(canonical)
+    if settings.freeze_batch_norm:
+        # Keras 3: a non-trainable BatchNormalization runs in inference mode (the stored statistics).
+        for layer in trainable.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
     steps_per_epoch = math.ceil(len(data.y_train) / settings.batch_size)
     _compile(trainable, settings, steps_per_epoch)
 
     dataset = training_dataset(
-        data.x_train, data.y_train, settings.batch_size, settings.seed, settings.augment,
+        data.x_train, targets, settings.batch_size, settings.seed, settings.augment,
         random_erasing=settings.random_erasing, mixup_alpha=settings.mixup_alpha, one_hot=_one_hot_targets(settings),
     )
     validation_sets = _validation_inputs(data)
-    monitored_set = choose_monitored_set(validation_sets)
+    monitored = _monitored(validation_sets, settings)
+    monitored_set = monitored if monitored is None or isinstance(monitored, str) else f"mean({', '.join(monitored)})"
     report(_start_line(data, settings, start_from, monitored_set))
-    callbacks = _TrainingCallbacks.create(settings, len(data.y_train), validation_sets, monitored_set, started, report)
+    callbacks = _TrainingCallbacks.create(settings, len(data.y_train), validation_sets, monitored, started, report)
     # shuffle=False: the dataset shuffles itself (seeded); Keras cannot shuffle a tf.data pipeline.
     history = trainable.fit(dataset, epochs=settings.epochs, verbose=0, callbacks=callbacks.as_list(), shuffle=False)
 
@@ -172,8 +179,38 @@ def _initial_model(settings: TrainingSettings, start_from: Path | None) -> keras
 
 
 def _one_hot_targets(settings: TrainingSettings) -> bool:
-    """Label smoothing and mixup need one-hot (soft) targets; plain training keeps integer labels."""
-    return settings.label_smoothing > 0 or settings.mixup_alpha > 0
+    """Label smoothing, mixup and distillation need one-hot (soft) targets; plain training keeps integer labels."""
+    return settings.label_smoothing > 0 or settings.mixup_alpha > 0 or settings.distillation > 0
+
+
+def _targets(data: TrainingData, settings: TrainingSettings, start: keras.Model) -> np.ndarray:
+    """Integer labels, or with ``distillation`` soft targets: the label blended with the starting model's answer.
+
+    The starting model's probabilities are recorded once, on the un-augmented faces, before any
+    training step (as Learning without Forgetting records the old network's responses).
+    """
+    if settings.distillation <= 0:
+        return data.y_train
+    if settings.from_scratch:
+        logger.warning("distillation needs a starting model: ignored when training from scratch")
+        return data.y_train
+    mask = np.ones(len(data.y_train), bool) if data.distill is None else np.asarray(data.distill, bool)
+    targets = np.eye(NUM_EMOTIONS, dtype=np.float32)[np.asarray(data.y_train, np.int64)]
+    if mask.any():
+        teacher = start.predict(model_inputs(data.x_train[mask]), batch_size=256, verbose=0).astype(np.float32)
+        targets[mask] = (1.0 - settings.distillation) * targets[mask] + settings.distillation * teacher
+    return targets
+
+
+def _monitored(validation_sets: Mapping[str, LabelledFaces], settings: TrainingSettings) -> str | tuple[str, ...] | None:
+    """The set early stopping watches, or with ``early_stopping_on="mean"`` every set big enough (their mean loss)."""
+    if settings.early_stopping_on == "mean":
+        big = tuple(name for name, (_, labels) in validation_sets.items() if len(labels) >= MIN_VALIDATION_SAMPLES)
+        if len(big) > 1:
+            return big
+        if len(big) == 1:
+            return big[0]
+    return choose_monitored_set(validation_sets)
 
 
 def _compile(model: keras.Model, settings: TrainingSettings, steps_per_epoch: int) -> None:
@@ -234,7 +271,7 @@ class _TrainingCallbacks:
         settings: TrainingSettings,
         train_count: int,
         validation_sets: Mapping[str, LabelledFaces],
-        monitored_set: str | None,
+        monitored_set: str | tuple[str, ...] | None,
         started: float,
         report: ProgressReporter,
     ) -> _TrainingCallbacks:
