@@ -202,7 +202,6 @@ def test_a_dark_picture_is_equalised_for_detection_with_hysteresis() -> None:
 
 
 def test_faces_in_low_light_with_noise_are_found_thanks_to_equalisation() -> None:
-    pytest.importorskip("bench.facesets.synthetic")
     from bench.facesets.metrics import Truth, score_clip
     from bench.facesets.photos import MediaMissing, load_photos
     from bench.facesets.synthetic import CLIPS, DEFAULT_SEED, build_clip

@@ -27,6 +27,7 @@ extra dependency); ``blazeface`` is MediaPipe's BlazeFace on LiteRT
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -72,7 +73,6 @@ OVERLAP_SUPPRESSION_IOU = 0.3
 
 DARK_HYSTERESIS = 16.0  # grey levels above dark_highlights_below before a dark scene counts as lit again
 
-
 FOLLOW_PATCH_SIDE = 32  # pixels: a face patch is compared at this size (enough for the shift, cheap)
 FOLLOW_MIN_RESPONSE = 0.2  # phase-correlation peak below this: the picture changed too much to follow
 FOLLOW_MIN_SIMILARITY = 0.7  # correlation of the patch with itself moved back (the same face: > 0.9)
@@ -116,13 +116,9 @@ def _same_picture(before: np.ndarray, after: np.ndarray, shift_x: float, shift_y
     return norm > 0 and float((a * b).sum()) / norm >= FOLLOW_MIN_SIMILARITY
 
 
-_HANNING: dict[int, np.ndarray] = {}
-
-
+@functools.lru_cache(maxsize=4)
 def _hanning(side: int) -> np.ndarray:
-    if side not in _HANNING:
-        _HANNING[side] = cv2.createHanningWindow((side, side), cv2.CV_32F)
-    return _HANNING[side]
+    return cv2.createHanningWindow((side, side), cv2.CV_32F)
 
 
 def strongest_of_overlapping(boxes: list[Box], strengths: Sequence[float]) -> list[Box]:
