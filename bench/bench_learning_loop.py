@@ -361,6 +361,8 @@ def retrain_env(services: Services, store: Path, exclude: Path, args: argparse.N
         "EMQ_RETRAIN__TRAINING__DISTILLATION": str(args.distillation),
         "EMQ_RETRAIN__TRAINING__FREEZE_BATCH_NORM": str(args.freeze_batch_norm).lower(),
         "EMQ_RETRAIN__TRAINING__EARLY_STOPPING_ON": args.early_stopping_on,
+        "EMQ_RETRAIN__TRAINING__KEEP_LAST": str(args.keep_last).lower(),
+        "EMQ_RETRAIN__TRAINING__BLEND": args.blend,
         "EMQ_RETRAIN__DATASET__COLLECTED_MIN_SHARE": str(args.collected_min_share),
         "EMQ_RETRAIN__DATASET__MIN_TRAIN_SAMPLES": "1",
         "EMQ_RETRAIN__DATASET__BASE_NPZ": str(FER2013),
@@ -571,6 +573,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--distillation", type=float, default=0.5, help="weight of the base model's answers in FER2013 targets")
     parser.add_argument("--freeze-batch-norm", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--early-stopping-on", choices=("first", "mean"), default="first")
+    parser.add_argument("--keep-last", action=argparse.BooleanOptionalAction, default=True, help="no early stopping: the last epoch")
+    parser.add_argument("--blend", default="0.5", help="share of the fine-tuned weights (training.blend), or auto")
     parser.add_argument("--gate-margin", type=float, default=0.02,
                         help="non-inferiority margin on FER2013 (the product's default is 0.005; see the README)")
     parser.add_argument("--tiny", action="store_true", help="a fast smoke run: 120 faces, one epoch, one fraction")

@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from models.dataset import base_rows, decode_crop  # noqa: E402
 from models.paired import PairedCounts, mcnemar_mid_p  # noqa: E402
-from models.retrain import DatasetConfig, RetrainConfig, base_split, collect, training_data  # noqa: E402
+from models.retrain import DatasetConfig, RetrainConfig, TrainingConfig, base_split, blended, collect, training_data  # noqa: E402
 from runtime.preprocess import resize_faces  # noqa: E402
 from runtime.registry import ModelRegistry  # noqa: E402
 
@@ -48,6 +48,8 @@ VARIANTS: dict[str, dict] = {
     "base5000-share25": {"base_train": 5000, "share": 0.25},
     "base5000-share25-kd50": {"base_train": 5000, "share": 0.25, "distillation": 0.5},
     "base5000-share25-kd50-mean": {"base_train": 5000, "share": 0.25, "distillation": 0.5, "early_stopping_on": "mean"},
+    "base5000-share25-kd50-last": {"base_train": 5000, "share": 0.25, "distillation": 0.5, "keep_last": True},
+    "base5000-share40-kd50-last": {"base_train": 5000, "share": 0.40, "distillation": 0.5, "keep_last": True},
     "base5000-share25-kd50-frozenbn": {"base_train": 5000, "share": 0.25, "distillation": 0.5, "freeze_batch_norm": True},
     "base5000-share25-kd50-lr1e-4": {"base_train": 5000, "share": 0.25, "distillation": 0.5, "learning_rate": 1e-4},
     "base5000-share40-kd50": {"base_train": 5000, "share": 0.40, "distillation": 0.5},
@@ -94,6 +96,33 @@ def scores(model, base_model, sets: dict) -> dict:
     return out
 
 
+def sweep(tuned, base_model, sets: dict, before: dict) -> None:
+    """Each blend of the base and the tuned weights on the validation split: what the job's choice picks from."""
+    import keras
+
+    from models.training.interpolation import DEFAULT_BLENDS, blend_weights
+
+    probe = keras.models.clone_model(tuned)
+    for blend in DEFAULT_BLENDS:
+        blend_weights(base_model, tuned, blend, probe)
+        after = scores(probe, base_model, sets)
+        print(f"  blend {blend:.1f}: " + "  ".join(f"{key} {100 * (after[key]['top1'] - before[key]['top1']):+6.2f}" for key in after), flush=True)
+
+
+def report(name: str, run, after: dict, before: dict, seconds: float, args, wanted: int, train_count: int, settings: dict) -> None:
+    record = {"variant": name, "fraction": args.fraction, "labelled": wanted, "train_count": train_count,
+              "epochs_run": run.epochs_run, "best_epoch": run.best_epoch, "seconds": round(seconds, 1),
+              "points": {key: round(100 * (after[key]["top1"] - before[key]["top1"]), 2) for key in after},
+              "after": after, "before": before, "settings": settings}
+    gate = after["collected_gate"]
+    print(f"{name:34s} shifted {record['points']['val_shifted']:+6.2f}  clean {record['points']['val_clean']:+6.2f}  "
+          f"collected gate {record['points']['collected_gate']:+6.2f} (b {gate['b']}, c {gate['c']}, mid-p {gate['mid_p']:.3f})  "
+          f"{run.epochs_run} ep (best {run.best_epoch}), {seconds:.0f} s", flush=True)
+    if args.json:
+        with args.json.open("a") as output:
+            output.write(json.dumps(record) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("work", type=Path, help="work folder of a `bench_learning_loop.py --keep` run")
@@ -102,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-selection", type=int, default=300)
     parser.add_argument("--time-budget", type=float, default=900.0)
     parser.add_argument("--json", type=Path, help="append one line of JSON per variant here")
+    parser.add_argument("--blend-tolerance", type=float, nargs="*", default=[],
+                        help="also score the job's weight blend (training.blend auto) chosen with each of these tolerances")
+    parser.add_argument("--blend-sweep", action="store_true", help="also print every blend's figures (0, 0.1, ..., 1)")
     args = parser.parse_args(argv)
 
     import keras
@@ -147,18 +179,15 @@ def main(argv: list[str] | None = None) -> int:
         settings = TrainingSettings(**{**BEFORE, "time_budget_s": args.time_budget, **variant})
         started = time.monotonic()
         run = train(data, settings=settings, start_from=start_from, progress=None)
-        after = scores(run.model, base_model, sets)
-        record = {"variant": name, "fraction": args.fraction, "labelled": wanted, "train_count": len(data.y_train),
-                  "epochs_run": run.epochs_run, "best_epoch": run.best_epoch, "seconds": round(time.monotonic() - started, 1),
-                  "points": {key: round(100 * (after[key]["top1"] - before[key]["top1"]), 2) for key in after},
-                  "after": after, "before": before, "settings": {**variant, "base_train": base_train, "share": share}}
-        gate = after["collected_gate"]
-        print(f"{name:34s} shifted {record['points']['val_shifted']:+6.2f}  clean {record['points']['val_clean']:+6.2f}  "
-              f"collected gate {record['points']['collected_gate']:+6.2f} (b {gate['b']}, c {gate['c']}, mid-p {gate['mid_p']:.3f})  "
-              f"{run.epochs_run} ep (best {run.best_epoch}), {record['seconds']:.0f} s", flush=True)
-        if args.json:
-            with args.json.open("a") as output:
-                output.write(json.dumps(record) + "\n")
+        seconds = time.monotonic() - started
+        report(name, run, scores(run.model, base_model, sets), before, seconds, args, wanted, len(data.y_train),
+               {**variant, "base_train": base_train, "share": share})
+        if args.blend_sweep:
+            sweep(run.model, base_model, sets, before)
+        for tolerance in args.blend_tolerance:
+            model, choice = blended(run, data, start_from, TrainingConfig(blend="auto", blend_tolerance=tolerance))
+            report(f"{name}+blend{choice.blend:.1f}@{tolerance}", run, scores(model, base_model, sets), before, seconds, args, wanted,
+                   len(data.y_train), {**variant, "base_train": base_train, "share": share, "blend": choice.blend, "tolerance": tolerance})
     shutil.rmtree(folder, ignore_errors=True)
     return 0
 

@@ -107,6 +107,9 @@ def _add_train_base(commands: argparse._SubParsersAction, common: argparse.Argum
     add("--random-erasing", type=float, default=0.25, help="probability of one grey rectangle per face")
     add("--no-augment", action="store_true", help="no flip/rotate/shift/zoom warps")
     add("--patience", type=int, default=6, help="epochs without a lower selection loss before stopping")
+    add("--keep-last", action=argparse.BooleanOptionalAction, default=None,
+        help="run every epoch and keep the last weights (default when fine-tuning: the shipped model was trained on "
+        "FER2013 Training, selection split included, so its selection loss cannot pick an epoch)")
     add("--time-budget-s", type=float, default=3600.0, help="training seconds, over every attempt of the run")
     add("--target-accuracy", type=float, default=None, help="stop once the selection split reaches it")
     add("--selection-fraction", type=float, default=0.1, help="of FER2013 Training, for early stopping and the target")
@@ -222,6 +225,7 @@ def _train_base(arguments: argparse.Namespace) -> int:
         random_erasing=arguments.random_erasing, schedule=arguments.schedule,
         warmup_epochs=arguments.warmup_epochs if arguments.schedule == "cosine" else 0,
         target_accuracy=arguments.target_accuracy,
+        keep_last=not arguments.from_scratch if arguments.keep_last is None else arguments.keep_last,
     )
     options = BaseRunOptions(
         npz=arguments.npz, checkpoint_dir=arguments.checkpoint_dir, selection_fraction=arguments.selection_fraction,

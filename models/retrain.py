@@ -123,6 +123,18 @@ class TrainingConfig(StrictSettings):
     early_stopping_on: Literal["first", "mean"] = Field(
         default="first", description="first: the collected selection set's loss (FER2013's if too few); mean: the mean over both.",
     )
+    keep_last: bool = Field(
+        default=True, description="Run every epoch of the schedule and keep the last weights: a few dozen collected selection "
+        "faces are too few to pick an epoch by (README, the learning loop). False: early stopping with patience.",
+    )
+    blend: Annotated[float, Field(ge=0, le=1)] | Literal["auto"] = Field(
+        default=0.5, description="Share of the fine-tuned weights in the candidate, the rest the current model's (WiSE-FT, "
+        "Wortsman et al. 2022): keeps most of the gain on the new faces and most of what the model knew. 1: the fine-tuned "
+        "model as it is; auto: the best blend on the collected selection faces among those keeping FER2013's selection accuracy.",
+    )
+    blend_tolerance: Annotated[float, Field(ge=0, lt=1)] = Field(
+        default=0.0025, description="With blend auto: how far below the current model a blend's FER2013 selection accuracy may be.",
+    )
 
 
 class RetrainConfig(StrictSettings):
@@ -253,32 +265,52 @@ def run_retraining(config: RetrainConfig) -> Outcome:
 
     registry = ModelRegistry(config.model_store)
     current = registry.current()
-    training = config.training.model_dump()
+    training = config.training.model_dump(exclude={"blend", "blend_tolerance"})
     training["warmup_epochs"] = min(training["warmup_epochs"], training["epochs"] - 1)  # a one-epoch run has no warm-up
     settings = TrainingSettings(**training)
     start_from = None if settings.from_scratch else registry.path_of(current, "keras")
     run = train(data, settings=settings, start_from=start_from, progress=log.info)
     log.info("trained %d epochs in %.0f s (%s), %.0f images/s", run.epochs_run, run.seconds, run.stopped_reason, run.images_per_second)
+    model, blend = blended(run, data, start_from, config.training)
+    summary = run.summary() if blend is None else dict(run.summary(), interpolation=blend.summary())
 
     deployment, references = gate_sets(collected, base)
     with tempfile.TemporaryDirectory(prefix="emq-candidate-") as folder:
-        candidate, decision = export_and_gate(run.model, Path(folder), registry.path_of(current, "tflite"), deployment, references, rule)
+        candidate, decision = export_and_gate(model, Path(folder), registry.path_of(current, "tflite"), deployment, references, rule)
         counts = dict(collected.counts, **base_counts(base))
         # Refused candidates are registered too (not current): their card needs a version, and the
         # registry is the record of what was tried.
         entry = register_version(
-            registry, run.model, version=next_version(registry), parent=current.version,
+            registry, model, version=next_version(registry), parent=current.version,
             metrics=candidate_metrics(decision), data_counts=counts, tflite_path=candidate,
             source=f"retrained from {current.version} on collected crops" + (" + FER2013" if base is not None else ""),
             make_current=decision.promote,
         )
     card = write_model_card(
         config.card_dir / entry.version, entry, decision=decision, history=run.history,
-        class_counts=collected.class_balance(), training=run.summary(),
+        class_counts=collected.class_balance(), training=summary,
     )
     log.info("gate: %s (%s); model card %s", decision.outcome.upper(), "; ".join(decision.reasons), card[0])
     released = decision.promote and config.release and release_version(config, registry, entry.version)
     return Outcome(entry.version, decision.outcome, released, card)
+
+
+def blended(run, data, start_from: Path | None, settings: TrainingConfig):
+    """The model to gate: the fine-tuned one blended with the starting model (``settings.blend``), and how."""
+    if settings.blend == 1 or start_from is None:
+        return run.model, None
+    import keras
+
+    from models.training import choose_blend, validation_inputs
+    from models.training.interpolation import DEFAULT_BLENDS
+
+    reference = "fer2013" if "fer2013" in data.validation else None
+    blends = DEFAULT_BLENDS if settings.blend == "auto" else (float(settings.blend),)
+    model, choice = choose_blend(keras.models.load_model(start_from, compile=False), run.model, validation_inputs(data.validation),
+                                 target="collected", reference=reference, tolerance=settings.blend_tolerance, blends=blends)
+    log.info("candidate: %.2f fine-tuned + %.2f current weights (%s)", choice.blend, 1 - choice.blend,
+             choice.reason if settings.blend == "auto" else "training.blend")
+    return model, choice
 
 
 def export_and_gate(model, folder: Path, current_tflite: Path, deployment, references, rule: GateRule) -> tuple[Path, GateDecision]:

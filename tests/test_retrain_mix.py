@@ -48,3 +48,11 @@ def test_the_recipe_settings_are_in_the_config():
     assert config.training.early_stopping_on in ("first", "mean")
     with pytest.raises(ValueError):
         RetrainConfig(release=False, training={"distillation": 1.0})
+
+
+def test_the_weight_blend_is_a_share_or_auto():
+    assert RetrainConfig(release=False).training.blend == 0.5
+    assert RetrainConfig(release=False, training={"blend": "auto"}).training.blend == "auto"
+    for bad in (1.5, -0.1, "half"):
+        with pytest.raises(ValueError):
+            RetrainConfig(release=False, training={"blend": bad})

@@ -5,7 +5,8 @@
 * :mod:`models.training.augmentation` — the ``tf.data`` pipeline: warp, random erasing, mixup;
 * :mod:`models.training.graph` — the oneDNN work-around in the training graph;
 * :mod:`models.training.callbacks` — throughput, validation, early stopping, budget, target, resume, progress;
-* :mod:`models.training.loop` — :func:`train`.
+* :mod:`models.training.loop` — :func:`train`;
+* :mod:`models.training.interpolation` — blending the tuned weights with the starting model's (WiSE-FT).
 
 Importing this package does not import TensorFlow; the names of the TensorFlow
 parts are loaded on first use.
@@ -24,11 +25,12 @@ from models.training.data import (
     check_labelled_faces,
     class_counts,
     model_inputs,
+    validation_inputs,
 )
 
 _LAZY = {
     "train": "loop", "TrainingRun": "loop", "choose_monitored_set": "loop", "print_progress": "loop",
-    "learning_rate_schedule": "loop",
+    "learning_rate_schedule": "loop", "choose_blend": "interpolation", "pick_blend": "interpolation", "BlendChoice": "interpolation",
     "training_dataset": "augmentation", "augment_faces": "augmentation", "_output_to_input_transforms": "augmentation",
     "erase_random_rectangles": "augmentation", "mix_up": "augmentation",
     "SubsampledPointwiseConv2D": "graph", "training_graph": "graph", "copy_weights": "graph",
@@ -44,5 +46,5 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "MIN_VALIDATION_SAMPLES", "LabelledFaces", "TrainingData", "TrainingSettings", "check_labelled_faces", "class_counts",
-    "model_inputs", *_LAZY,
+    "model_inputs", "validation_inputs", *_LAZY,
 ]

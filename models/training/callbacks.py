@@ -108,9 +108,10 @@ class _EarlyStoppingWithBestWeights(keras.callbacks.Callback):
     actually cut training short.
     """
 
-    def __init__(self, patience: int, total_epochs: int) -> None:
+    def __init__(self, patience: int, total_epochs: int, keep_last: bool = False) -> None:
         super().__init__()
         self.patience = patience
+        self.keep_last = keep_last
         self.total_epochs = total_epochs
         self.best_loss = math.inf
         self.best_epoch: int | None = None
@@ -123,6 +124,9 @@ class _EarlyStoppingWithBestWeights(keras.callbacks.Callback):
         self.last_epoch = epoch
         loss = (logs or {}).get("val_loss")
         if loss is None or not math.isfinite(loss):
+            return
+        if self.keep_last:  # every epoch runs and the last one's weights are the result
+            self.best_loss, self.best_epoch = loss, epoch
             return
         if loss < self.best_loss:
             self.best_loss, self.best_epoch = loss, epoch

@@ -60,6 +60,9 @@ class TrainingSettings:
     # "first": early stopping watches the first big-enough validation set; "mean": the mean loss of
     # every validation set with at least MIN_VALIDATION_SAMPLES faces (new faces and base faces alike).
     early_stopping_on: str = "first"
+    # Run every epoch and keep the last weights: for a fixed schedule, or when the validation set is not
+    # independent of the starting model (FER2013 Training, which the shipped model was trained on).
+    keep_last: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -181,3 +184,8 @@ def model_inputs(faces: np.ndarray) -> np.ndarray:
     if faces.shape[1:] != (FACE_SIZE, FACE_SIZE):
         faces = resize_faces(faces)
     return normalize_faces(faces)
+
+
+def validation_inputs(validation: Mapping[str, LabelledFaces]) -> dict[str, LabelledFaces]:
+    """Every named set of labelled faces as model inputs and int64 labels, prepared once."""
+    return {name: (model_inputs(faces), np.asarray(labels, np.int64)) for name, (faces, labels) in validation.items()}

@@ -38,7 +38,7 @@ from models.training.callbacks import (
     _TimeBudget,
     _ValidationEvaluator,
 )
-from models.training.data import MIN_VALIDATION_SAMPLES, LabelledFaces, TrainingData, TrainingSettings, model_inputs
+from models.training.data import MIN_VALIDATION_SAMPLES, LabelledFaces, TrainingData, TrainingSettings, model_inputs, validation_inputs
 from models.training.graph import copy_weights, training_graph
 from runtime.preprocess import FACE_SIZE
 
@@ -127,7 +127,7 @@ def train(
         data.x_train, targets, settings.batch_size, settings.seed, settings.augment,
         random_erasing=settings.random_erasing, mixup_alpha=settings.mixup_alpha, one_hot=_one_hot_targets(settings),
     )
-    validation_sets = _validation_inputs(data)
+    validation_sets = validation_inputs(data.validation)
     monitored = _monitored(validation_sets, settings)
     monitored_set = monitored if monitored is None or isinstance(monitored, str) else f"mean({', '.join(monitored)})"
     report(_start_line(data, settings, start_from, monitored_set))
@@ -150,13 +150,6 @@ def train(
     )
     report(_end_line(run))
     return run
-
-
-def _validation_inputs(data: TrainingData) -> dict[str, LabelledFaces]:
-    """Every validation set as model inputs and int64 labels, prepared once for all epochs."""
-    return {
-        name: (model_inputs(faces), np.asarray(labels, np.int64)) for name, (faces, labels) in data.validation.items()
-    }
 
 
 def _initial_model(settings: TrainingSettings, start_from: Path | None) -> keras.Model:
@@ -277,7 +270,7 @@ class _TrainingCallbacks:
     ) -> _TrainingCallbacks:
         throughput = _ThroughputMeter(settings.batch_size, train_count)
         steps_per_epoch = math.ceil(train_count / settings.batch_size)
-        early_stopping = _EarlyStoppingWithBestWeights(settings.patience, settings.epochs)
+        early_stopping = _EarlyStoppingWithBestWeights(settings.patience, settings.epochs, settings.keep_last)
         return cls(
             throughput=throughput,
             validation=_ValidationEvaluator(validation_sets, monitored_set),
