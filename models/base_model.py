@@ -13,7 +13,10 @@
    warm-up.  The run stops on its own at ``--epochs``, ``--time-budget-s``
    (counted over every attempt of the run) or ``--target-accuracy`` (on the
    selection split); killed, it resumes from ``--checkpoint-dir``; once
-   trained, a re-run goes straight to the evaluation.
+   trained, a re-run goes straight to the evaluation.  Fine-tuning keeps the last epoch
+   (``--keep-last``): the shipped model was trained on all of FER2013 Training
+   (Arriaga's split was the first 80 % of fer2013.csv, which is Training), so
+   its selection loss is that of faces it has seen and cannot pick an epoch.
 3. Export TFLite; report PublicTest top-1 without and with flip test-time
    augmentation, the parameter count and ms per face on one core (LiteRT).
 4. Gate: the candidate must be *significantly better* than the current default

@@ -210,14 +210,12 @@ def _evaluate(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _train_base(arguments: argparse.Namespace) -> int:
-    if not arguments.npz.is_file():
-        raise FileNotFoundError(f"--npz {arguments.npz} does not exist")
-    from models.base_model import BaseRunOptions, run_base_training
+def base_training_settings(arguments: argparse.Namespace):
+    """train-base's recipe from its arguments (fine-tuning keeps the last epoch unless told otherwise)."""
     from models.training import TrainingSettings
 
     learning_rate = arguments.learning_rate or (1e-3 if arguments.from_scratch else 5e-4)
-    settings = TrainingSettings(
+    return TrainingSettings(
         epochs=arguments.epochs, batch_size=arguments.batch_size, learning_rate=learning_rate,
         patience=arguments.patience, time_budget_s=arguments.time_budget_s, seed=arguments.seed,
         augment=not arguments.no_augment, from_scratch=arguments.from_scratch,
@@ -227,6 +225,14 @@ def _train_base(arguments: argparse.Namespace) -> int:
         target_accuracy=arguments.target_accuracy,
         keep_last=not arguments.from_scratch if arguments.keep_last is None else arguments.keep_last,
     )
+
+
+def _train_base(arguments: argparse.Namespace) -> int:
+    if not arguments.npz.is_file():
+        raise FileNotFoundError(f"--npz {arguments.npz} does not exist")
+    from models.base_model import BaseRunOptions, run_base_training
+
+    settings = base_training_settings(arguments)
     options = BaseRunOptions(
         npz=arguments.npz, checkpoint_dir=arguments.checkpoint_dir, selection_fraction=arguments.selection_fraction,
         train_limit=arguments.train_limit, evaluation_limit=arguments.evaluation_limit,

@@ -136,3 +136,14 @@ def test_flip_tta_is_the_mean_of_face_and_mirror_probabilities(store: Path) -> N
     mirror = evaluate_tflite(tflite, faces[:, :, ::-1, :].copy(), labels, num_threads=1)
     assert np.allclose(flipped.probabilities, (plain.probabilities + mirror.probabilities) / 2)
     assert np.array_equal(plain.probabilities, evaluate_tflite(tflite, faces, labels, num_threads=1).probabilities)
+
+
+def test_fine_tuning_keeps_the_last_epoch_and_from_scratch_early_stops_unless_told(tmp_path: Path) -> None:
+    from models.cli import _build_parser, base_training_settings
+
+    def settings(*extra: str):
+        return base_training_settings(_build_parser().parse_args(["train-base", "--npz", str(tmp_path / "f.npz"), *extra]))
+
+    assert settings().keep_last and settings().learning_rate == 5e-4
+    assert not settings("--from-scratch").keep_last and settings("--from-scratch").learning_rate == 1e-3
+    assert not settings("--no-keep-last").keep_last and settings("--from-scratch", "--keep-last").keep_last
