@@ -46,6 +46,7 @@ if str(REPOSITORY) not in sys.path:
 
 from bench.facesets.metrics import Truth, score_clip  # noqa: E402
 from bench.facesets.photos import MEDIA  # noqa: E402
+from bench.overrides import add_set_option, detection_overrides  # noqa: E402
 
 CACHE = REPOSITORY / "var" / "facesets" / "cache"
 CACHED_SIDES = ("exhaustive", "reference")
@@ -101,6 +102,10 @@ def uniform_predict(batch: np.ndarray) -> np.ndarray:
     return np.full((len(batch), 7), 1.0 / 7, dtype=np.float32)
 
 
+# Detection settings for the edge sides (--set KEY=VALUE): to try a schedule on the face set.
+EDGE_OVERRIDES: dict[str, str] = {}
+
+
 def edge_side(backend: str) -> Callable[[], Callable[[np.ndarray], list]]:
     """A fresh pipeline per clip (its schedule starts over), detection and tracking only."""
 
@@ -108,7 +113,8 @@ def edge_side(backend: str) -> Callable[[], Callable[[np.ndarray], list]]:
         from edge.perception.pipeline import PerceptionPipeline
         from edge.perception.settings import DetectionSettings
 
-        pipeline = PerceptionPipeline(DetectionSettings(backend=backend), None, None, uniform_predict)
+        settings = DetectionSettings.model_validate({**EDGE_OVERRIDES, "backend": backend})
+        pipeline = PerceptionPipeline(settings, None, None, uniform_predict)
         return lambda frame: pipeline.detect_and_track(frame)[1]
 
     return make
@@ -246,11 +252,13 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--clip", action="append", choices=sorted(CLIPS) + list(REAL_CLIPS), help="only these clips")
     parser.add_argument("--side", action="append", choices=SIDES, help="only these sides (fer is always run)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the synthetic clips")
+    add_set_option(parser)
     parser.add_argument("--core", type=int, help="CPU core to run on (default: the first allowed)")
     parser.add_argument("--no-cache", action="store_true", help="recompute the exhaustive and reference sides")
     parser.add_argument("--skip-fer", action="store_true", help="do not run fer (no ratio; to fill the cache)")
     parser.add_argument("--report", type=Path, help="only print (and --markdown) the table of an earlier --json")
     arguments = parser.parse_args(argv)
+    EDGE_OVERRIDES.update(detection_overrides(parser, arguments.set))
     arguments.synthetic = [name for name in CLIPS if not arguments.clip or name in arguments.clip]
     arguments.real = [name for name in REAL_CLIPS if not arguments.clip or name in arguments.clip]
     return arguments
@@ -276,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
                     "core": core, "load_average_at_start": os.getloadavg()},
         "date": time.strftime("%Y-%m-%d"),
         "seed": arguments.seed,
+        "edge_settings": dict(EDGE_OVERRIDES),
         "clips": {},
     }
     started = time.perf_counter()

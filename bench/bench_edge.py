@@ -46,6 +46,8 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 if str(REPOSITORY) not in sys.path:
     sys.path.insert(0, str(REPOSITORY))  # run as a script from anywhere, without installing the package
 
+from bench.overrides import add_set_option, detection_overrides  # noqa: E402
+
 OUR_STAGES = ("decode", "detect", "classify", "draw", "encode", "publish")
 RECALL_IOU = 0.5
 TARGET_RATIO = 6.0
@@ -100,7 +102,7 @@ def run_ours(arguments: argparse.Namespace) -> dict:
              else load_model(None, None, arguments.threads))
     # Warm-up on a throwaway pipeline: LiteRT's first invoke builds its kernels.
     PerceptionPipeline(None, None, None, model).process(first_frame(arguments.video))
-    pipeline = PerceptionPipeline(None, None, None, model)
+    pipeline = PerceptionPipeline(detection_settings(arguments), None, None, model)
 
     totals = dict.fromkeys(OUR_STAGES, 0.0)
     boxes: list[list[list[int]]] = []
@@ -156,6 +158,7 @@ def run_agent(arguments: argparse.Namespace) -> dict:
             device_id=BENCH_DEVICE, pki_dir=Path(arguments.pki_dir), data_dir=Path(state),
             mqtt={"host": "localhost", "port": arguments.broker_port, "reconnect_min_delay_s": 0.1},
             source={"spec": str(arguments.video)}, model={"num_threads": arguments.threads}, publish=publish,
+            detection=detection_settings(arguments),
         )
         agent = build_edge(config)
         agent.start()
@@ -313,8 +316,16 @@ def run_worker(side: str, arguments: argparse.Namespace) -> dict:
         return json.loads(output.read_text())
 
 
+def detection_settings(arguments: argparse.Namespace):
+    from edge.perception.settings import DetectionSettings
+
+    return DetectionSettings.model_validate(arguments.detection)
+
+
 def worker_arguments(arguments: argparse.Namespace) -> list[str]:
     forwarded = ["--video", str(Path(arguments.video).resolve()), "--threads", str(arguments.threads)]
+    for key, value in arguments.detection.items():
+        forwarded += ["--set", f"{key}={value}"]
     forwarded += ["--jpeg-quality", str(arguments.jpeg_quality)]
     for option, value in (
         ("--model", arguments.model),
@@ -387,7 +398,10 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-fer", action="store_true", help="run our side only")
     parser.add_argument("--worker", choices=("ours", "fer"), help=argparse.SUPPRESS)
     parser.add_argument("--worker-output", type=Path, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    add_set_option(parser)
+    arguments = parser.parse_args(argv)
+    arguments.detection = detection_overrides(parser, arguments.set)
+    return arguments
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -235,3 +235,31 @@ def test_blazeface_backend_tracks_with_the_same_schedule(photos) -> None:  # typ
     second = pipeline.detect_and_track(frame)
     assert not pipeline.detector.last_search_was_full
     assert sorted(second[2]) == sorted(first[2])  # the same six track ids
+
+
+# -- --set KEY=VALUE on the benchmarks -------------------------------------------------------------
+
+
+def test_set_options_become_validated_detection_settings() -> None:
+    import argparse
+
+    from bench.overrides import add_set_option, detection_overrides
+
+    parser = argparse.ArgumentParser()
+    add_set_option(parser)
+    arguments = parser.parse_args(["--set", "search_every_n=4", "--set", " backend = blazeface "])
+    overrides = detection_overrides(parser, arguments.set)
+    assert overrides == {"search_every_n": "4", "backend": "blazeface"}
+    settings = DetectionSettings.model_validate(overrides)
+    assert (settings.search_every_n, settings.backend) == (4, "blazeface")
+    for bad in (["--set", "search_every_n"], ["--set", "no_such_setting=1"], ["--set", "search_every_n=0"]):
+        with pytest.raises(SystemExit):
+            detection_overrides(parser, parser.parse_args(bad).set)
+
+
+def test_search_every_n_defaults_to_what_each_backend_was_measured_with() -> None:
+    assert DetectionSettings().search_every == 3
+    assert DetectionSettings(backend="blazeface").search_every == 2
+    assert DetectionSettings(backend="blazeface", search_every_n=4).search_every == 4
+    with pytest.raises(ValueError):
+        DetectionSettings(search_every_n=0)

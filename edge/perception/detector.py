@@ -363,7 +363,7 @@ class FaceDetector:
         followed by the shift of its picture (phase correlation of the two frames' patches, ~0.05 ms):
         every ``search_every_n`` frames each face is searched again, which also corrects its size.
         """
-        every = self.settings.search_every_n
+        every = self.settings.search_every
         self._since_search = (self._since_search + 1) % every if every > 1 else 0
         # In the dark too (on the equalised image): shrinking the patch to 32 px averages the sensor noise
         # away; on dark_noise_blur following keeps recall 0.995 and precision 1.0, and detection runs 31 % faster.
