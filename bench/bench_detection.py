@@ -251,7 +251,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--markdown", type=Path, help="write the table as Markdown here")
     parser.add_argument("--clip", action="append", choices=sorted(CLIPS) + list(REAL_CLIPS), help="only these clips")
     parser.add_argument("--side", action="append", choices=SIDES, help="only these sides (fer is always run)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the synthetic clips")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the synthetic clips' sensor noise (their layouts, photos and motion are fixed)")
     add_set_option(parser)
     parser.add_argument("--core", type=int, help="CPU core to run on (default: the first allowed)")
     parser.add_argument("--no-cache", action="store_true", help="recompute the exhaustive and reference sides")
@@ -259,6 +259,8 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--report", type=Path, help="only print (and --markdown) the table of an earlier --json")
     arguments = parser.parse_args(argv)
     EDGE_OVERRIDES.update(detection_overrides(parser, arguments.set))
+    if "backend" in EDGE_OVERRIDES:
+        parser.error("--set backend: each edge side has its own backend; choose them with --side")
     arguments.synthetic = [name for name in CLIPS if not arguments.clip or name in arguments.clip]
     arguments.real = [name for name in REAL_CLIPS if not arguments.clip or name in arguments.clip]
     return arguments

@@ -11,7 +11,7 @@ import argparse
 
 def add_set_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a detection setting of our side (e.g. search_every_n=3, backend=blazeface); repeatable")
+                        help="a detection setting of our side (e.g. search_every_n=2); repeatable")
 
 
 def detection_overrides(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, str]:
