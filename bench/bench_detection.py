@@ -1,12 +1,16 @@
 """Face detection against ground truth: the edge's detector and tracker schedule beside three baselines.
 
     python bench/bench_detection.py [--json docs/bench-detection.json] [--clip NAME ...]
+    python bench/bench_detection.py --drawn 6 --no-named --seed 4711   # clips nobody tuned for
 
 The clips are the face set of ``bench/facesets``: synthetic clips with exact
 truth (pans, zooms, scene cuts, faces entering and leaving, occlusion, dim
 light, noise, blur, JPEG), rendered in memory from ../shared/media's photos,
 and the real clips of ../shared/media annotated with a reference detector
-and verdicts (``real_clips.json``). On every clip, one core (the process pins
+and verdicts (``real_clips.json``). The five named synthetic clips and the two
+real ones were looked at while the schedule was chosen; ``--drawn N`` adds N
+clips whose layouts, motion and looks are drawn from ``--seed``
+(:mod:`bench.facesets.drawn`), so a new seed is footage nobody tuned for. On every clip, one core (the process pins
 itself to it), each side is scored frame by frame:
 
 * ``edge haar`` / ``edge blazeface``: ``PerceptionPipeline.detect_and_track``,
@@ -16,8 +20,10 @@ itself to it), each side is scored frame by frame:
 * ``fer``: the ``fer`` package's own Haar call (its parameters, without TensorFlow);
 * ``reference``: BlazeFace on the frame and tiles (what annotated the real clips).
 
-Reported per clip and side: recall of the findable truth faces and precision
-(IoU >= 0.5), frames until a face that appears is first reported (p50, p95,
+Reported per clip and side: recall of the findable truth faces, recall of the
+*Haar-findable* ones (the truth faces the exhaustive search finds in that
+frame: what the recall target is judged on, when ``exhaustive`` runs) and
+precision (IoU >= 0.5), frames until a face that appears is first reported (p50, p95,
 max; and faces never found), the worst scene cut (frames until every face of
 the new scene is reported), frames/s of CPU time (the process's own time on
 its core, which other processes on a shared machine do not inflate the way
@@ -44,7 +50,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 if str(REPOSITORY) not in sys.path:
     sys.path.insert(0, str(REPOSITORY))  # run as a script from anywhere, without installing the package
 
-from bench.facesets.metrics import Truth, score_clip  # noqa: E402
+from bench.facesets.metrics import Truth, score_clip, score_frame  # noqa: E402
 from bench.facesets.photos import MEDIA  # noqa: E402
 from bench.overrides import add_set_option, detection_overrides  # noqa: E402
 
@@ -69,15 +75,19 @@ class EvaluationClip:
         self.not_findable = sum(not face.findable for faces in self.truth for face in faces)
 
 
-def synthetic_clips(names: Iterable[str], seed: int) -> Iterable[EvaluationClip]:
+def synthetic_clips(names: Iterable[str], seed: int, drawn: int = 0) -> Iterable[EvaluationClip]:
+    """The named synthetic clips, then ``drawn`` clips whose layouts are drawn from ``seed``."""
+    from bench.facesets.drawn import drawn_specs
     from bench.facesets.photos import load_photos
     from bench.facesets.synthetic import CLIPS, build_clip
 
     photos = load_photos()
-    for name in names:
-        clip = build_clip(CLIPS[name], seed, photos)
+    specs = [(CLIPS[name], "synthetic") for name in names]
+    specs += [(spec, "drawn") for spec in (drawn_specs(seed, drawn, photos) if drawn else [])]
+    for spec, kind in specs:
+        clip = build_clip(spec, seed, photos)
         truth = [[face.as_json() for face in faces] for faces in clip.truth]
-        yield EvaluationClip(name, "synthetic", clip.frames, truth, clip.cuts, clip.digest())
+        yield EvaluationClip(spec.name, kind, clip.frames, truth, clip.cuts, clip.digest())
 
 
 def real_clips(names: Iterable[str]) -> Iterable[EvaluationClip]:
@@ -163,13 +173,18 @@ def cached_run(side: str, clip: EvaluationClip, use_cache: bool) -> dict:
 
 
 def evaluate_clip(clip: EvaluationClip, sides: list[str], use_cache: bool) -> dict:
-    results = {}
+    results, boxes = {}, {}
     for side in sides:
         run = cached_run(side, clip, use_cache) if side in CACHED_SIDES else run_side(SIDE_FACTORIES[side], clip.frames)
-        summary = score_clip(clip.truth, [[tuple(box) for box in frame] for frame in run["boxes"]], clip.cuts).summary()
+        boxes[side] = [[tuple(box) for box in frame] for frame in run["boxes"]]
+        summary = score_clip(clip.truth, boxes[side], clip.cuts).summary()
         summary["fps"] = len(clip.frames) / run["cpu_s"] if run["cpu_s"] > 0 else math.inf
         summary["cached"] = bool(run.get("cached"))
         results[side] = summary
+    if "exhaustive" in boxes:
+        haar_truth = haar_findable_truth(clip.truth, boxes["exhaustive"])
+        for side in boxes:
+            results[side]["recall_haar_findable"] = score_clip(haar_truth, boxes[side], clip.cuts).recall
     if "fer" in results:
         for summary in results.values():
             summary["ratio_to_fer"] = summary["fps"] / results["fer"]["fps"]
@@ -177,11 +192,28 @@ def evaluate_clip(clip: EvaluationClip, sides: list[str], use_cache: bool) -> di
             "sides": results}
 
 
+def haar_findable_truth(truth: list[list[Truth]], exhaustive: list[list[tuple]]) -> list[list[Truth]]:
+    """The truth with only the faces the exhaustive Haar search found in each frame left findable (the
+    others are ignored either way, as turned or covered faces are): the issue's "Haar-findable" faces."""
+    kept = []
+    for faces, found in zip(truth, exhaustive):
+        found_ids = score_frame(faces, found).found_ids
+        kept.append([face if face.face_id in found_ids or not face.findable else Truth(face.face_id, face.box, False)
+                     for face in faces])
+    return kept
+
+
+def judged_recall(summary: dict) -> float:
+    """Recall of the Haar-findable faces where the exhaustive side ran, else of every findable face."""
+    haar = summary.get("recall_haar_findable")
+    return summary["recall"] if haar is None or math.isnan(haar) else haar
+
+
 def misses(summary: dict, edge: bool) -> list[str]:
     """Which targets a side misses on a clip. The 6x fps target is end to end (bench/bench_edge.py: fer's
     figure includes its emotion model); here only detection is timed, so the ratio is shown, not judged."""
     failed = []
-    if summary["recall"] < TARGETS["recall"]:
+    if judged_recall(summary) < TARGETS["recall"]:
         failed.append("recall")
     if summary["precision"] < TARGETS["precision"]:
         failed.append("precision")
@@ -194,7 +226,7 @@ def misses(summary: dict, edge: bool) -> list[str]:
 
 # -- report -------------------------------------------------------------------------------------
 
-HEADER = ("clip", "side", "recall", "precision", "FP", "new face p50/p95/max", "never", "worst cut", "CPU fps",
+HEADER = ("clip", "side", "recall", "recall Haar-findable", "precision", "FP", "new face p50/p95/max", "never", "worst cut", "CPU fps",
           "x fer (detection)")
 
 
@@ -205,11 +237,16 @@ def table_rows(report: dict) -> list[tuple[str, ...]]:
             failed = misses(summary, side in EDGE_SIDES) if side in EDGE_SIDES else []
             latency = "/".join(_number(summary[key]) for key in ("latency_p50", "latency_p95", "latency_max"))
             rows.append((
-                name, side, f"{summary['recall']:.3f}", f"{summary['precision']:.3f}", str(summary["false_positives"]),
+                name, side, f"{summary['recall']:.3f}", _fraction(summary.get("recall_haar_findable")),
+                f"{summary['precision']:.3f}", str(summary["false_positives"]),
                 latency, str(summary["never_found"]), str(summary["cut_cost_max"]) if clip["cuts"] else "-",
                 f"{summary['fps']:.1f}", f"{summary.get('ratio_to_fer', math.nan):.2f}" + (" !" + ",".join(failed) if failed else ""),
             ))
     return rows
+
+
+def _fraction(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.3f}"
 
 
 def _number(value: float) -> str:
@@ -251,7 +288,11 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--markdown", type=Path, help="write the table as Markdown here")
     parser.add_argument("--clip", action="append", choices=sorted(CLIPS) + list(REAL_CLIPS), help="only these clips")
     parser.add_argument("--side", action="append", choices=SIDES, help="only these sides (fer is always run)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the synthetic clips' sensor noise (their layouts, photos and motion are fixed)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                        help="seed of the drawn clips' layouts, photos, motion and looks, and of every synthetic clip's "
+                        "sensor noise (the named clips' layouts are fixed)")
+    parser.add_argument("--drawn", type=int, default=0, metavar="N", help="add N clips drawn from --seed (bench/facesets/drawn.py)")
+    parser.add_argument("--no-named", action="store_true", help="skip the named synthetic and the real clips (with --drawn)")
     add_set_option(parser)
     parser.add_argument("--core", type=int, help="CPU core to run on (default: the first allowed)")
     parser.add_argument("--no-cache", action="store_true", help="recompute the exhaustive and reference sides")
@@ -261,8 +302,11 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     EDGE_OVERRIDES.update(detection_overrides(parser, arguments.set))
     if "backend" in EDGE_OVERRIDES:
         parser.error("--set backend: each edge side has its own backend; choose them with --side")
-    arguments.synthetic = [name for name in CLIPS if not arguments.clip or name in arguments.clip]
-    arguments.real = [name for name in REAL_CLIPS if not arguments.clip or name in arguments.clip]
+    if arguments.drawn < 0 or (arguments.no_named and not arguments.drawn):
+        parser.error("--drawn takes a positive count; --no-named needs --drawn")
+    named = not arguments.no_named
+    arguments.synthetic = [name for name in CLIPS if named and (not arguments.clip or name in arguments.clip)]
+    arguments.real = [name for name in REAL_CLIPS if named and (not arguments.clip or name in arguments.clip)]
     return arguments
 
 
@@ -286,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                     "core": core, "load_average_at_start": os.getloadavg()},
         "date": time.strftime("%Y-%m-%d"),
         "seed": arguments.seed,
+        "drawn_clips": arguments.drawn,
         "edge_settings": dict(EDGE_OVERRIDES),
         "clips": {},
     }
@@ -304,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _all_clips(arguments: argparse.Namespace) -> Iterable[EvaluationClip]:
     """One clip at a time (a clip's frames are ~170 MB)."""
-    yield from synthetic_clips(arguments.synthetic, arguments.seed)
+    yield from synthetic_clips(arguments.synthetic, arguments.seed, arguments.drawn)
     yield from real_clips(arguments.real)
 
 

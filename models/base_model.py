@@ -81,6 +81,10 @@ class BaseRunOptions:
     max_parameters: int = MAX_PARAMETERS  # the edge's budget (issue #12)
     max_ms_per_face: float = MAX_MS_PER_FACE  # on one core through LiteRT, batch 1
     rule: GateRule = field(default_factory=GateRule)
+    # The distillation teacher: a .keras path, "current" (the registry's default), or None (the
+    # model being fine-tuned). A teacher trained on all of FER2013 Training has seen the selection
+    # split too, but PublicTest, the report, stays unseen by teacher and student alike.
+    teacher: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.selection_fraction < 0.5:
@@ -221,12 +225,29 @@ def trained_model(settings: Any, options: BaseRunOptions, parts: Fer2013Parts, r
     if start_from is not None:
         _log_starting_point(start_from, parts, log)
     data = TrainingData(parts.train[0], parts.train[1], validation={SELECTION_SET: parts.selection})
-    run = train(data, settings, start_from=start_from, progress=log)
+    run = train(data, settings, start_from=start_from, progress=log, teacher=teacher_path(options.teacher, settings, registry, current))
     summary = run.summary()
     summary["seconds_all_attempts"] = round(log.spent_seconds(), 1)
     run.model.save(saved)
     saved_run.write_text(json.dumps({"summary": summary, "history": run.history}, indent=2))
     return run.model, summary, run.history
+
+
+def teacher_path(teacher: str | None, settings: Any, registry: ModelRegistry, current: Any) -> Path | None:
+    """The distillation teacher's .keras file ("current": the registry's default), checked before training starts."""
+    if settings.distillation <= 0:
+        return None
+    if teacher is None:
+        if settings.from_scratch:
+            raise ValueError("--distillation with --from-scratch needs a --teacher (a .keras file or 'current')")
+        return None  # fine-tuning: the starting model teaches
+    if teacher == "current":
+        if current is None:
+            raise LookupError(f"--teacher current: no current model in {registry.store}")
+        return registry.path_of(current, "keras")
+    if not Path(teacher).is_file():
+        raise FileNotFoundError(f"--teacher {teacher} does not exist")
+    return Path(teacher)
 
 
 def _log_starting_point(start_from: Path, parts: Fer2013Parts, log: RunLog) -> None:

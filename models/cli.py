@@ -106,6 +106,10 @@ def _add_train_base(commands: argparse._SubParsersAction, common: argparse.Argum
     add("--mixup-alpha", type=float, default=0.0, help="> 0 mixes each batch with a shuffled copy (Beta(a, a))")
     add("--random-erasing", type=float, default=0.25, help="probability of one grey rectangle per face")
     add("--no-augment", action="store_true", help="no flip/rotate/shift/zoom warps")
+    add("--distillation", type=float, default=0.0,
+        help="targets (1 - d) * label + d * the teacher's answer (mean over the face and its mirror)")
+    add("--teacher", default=None, help="a .keras file, or 'current' (the current default): the teacher for --distillation "
+        "(default: the model being fine-tuned; required with --from-scratch)")
     add("--patience", type=int, default=6, help="epochs without a lower selection loss before stopping")
     add("--keep-last", action=argparse.BooleanOptionalAction, default=None,
         help="run every epoch and keep the last weights (default when fine-tuning: the shipped model was trained on "
@@ -222,7 +226,7 @@ def base_training_settings(arguments: argparse.Namespace):
         label_smoothing=arguments.label_smoothing, mixup_alpha=arguments.mixup_alpha,
         random_erasing=arguments.random_erasing, schedule=arguments.schedule,
         warmup_epochs=arguments.warmup_epochs if arguments.schedule == "cosine" else 0,
-        target_accuracy=arguments.target_accuracy,
+        target_accuracy=arguments.target_accuracy, distillation=arguments.distillation,
         keep_last=not arguments.from_scratch if arguments.keep_last is None else arguments.keep_last,
     )
 
@@ -239,6 +243,7 @@ def _train_base(arguments: argparse.Namespace) -> int:
         register=not arguments.no_register, store=arguments.store, version=arguments.version,
         card_dir=arguments.card_dir, card_markdown_dir=arguments.card_dir.parent,
         latency_repeats=arguments.latency_repeats, max_ms_per_face=arguments.max_ms_per_face,
+        teacher=arguments.teacher,
     )
     summary = run_base_training(settings, options)
     print(json.dumps({key: value for key, value in summary.items() if key != "gate"} | {"gate": summary["gate"]["outcome"]}, indent=2))

@@ -147,3 +147,26 @@ def test_fine_tuning_keeps_the_last_epoch_and_from_scratch_early_stops_unless_to
     assert settings().keep_last and settings().learning_rate == 5e-4
     assert not settings("--from-scratch").keep_last and settings("--from-scratch").learning_rate == 1e-3
     assert not settings("--no-keep-last").keep_last and settings("--from-scratch", "--keep-last").keep_last
+
+
+def test_distillation_from_scratch_needs_a_teacher_and_current_names_the_default(tmp_path: Path) -> None:
+    from models.base_model import teacher_path
+    from models.cli import _build_parser, base_training_settings
+    from runtime.registry import ModelRegistry
+
+    def settings(*extra: str):
+        return base_training_settings(_build_parser().parse_args(["train-base", "--npz", str(tmp_path / "f.npz"), *extra]))
+
+    registry = ModelRegistry(tmp_path / "store")
+    assert settings("--distillation", "0.5").distillation == 0.5 and settings().distillation == 0.0
+    assert teacher_path(None, settings("--from-scratch"), registry, None) is None  # no distillation: no teacher
+    assert teacher_path(None, settings("--distillation", "0.5"), registry, None) is None  # fine-tuning: the start teaches
+    with pytest.raises(ValueError, match="needs a --teacher"):
+        teacher_path(None, settings("--from-scratch", "--distillation", "0.5"), registry, None)
+    with pytest.raises(LookupError, match="no current model"):
+        teacher_path("current", settings("--from-scratch", "--distillation", "0.5"), registry, None)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        teacher_path(str(tmp_path / "none.keras"), settings("--from-scratch", "--distillation", "0.5"), registry, None)
+    teacher = tmp_path / "teacher.keras"
+    teacher.write_bytes(b"")
+    assert teacher_path(str(teacher), settings("--from-scratch", "--distillation", "0.5"), registry, None) == teacher

@@ -175,3 +175,18 @@ def test_edge_perception_never_imports_tensorflow() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPOSITORY, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_known_face_is_kept_and_the_head_box_around_it_dropped() -> None:
+    from edge.perception.boxes import remove_nested_around_known
+
+    face, head, mouth = (116, 148, 54, 54), (114, 104, 104, 104), (130, 180, 20, 20)
+    tracked = (118, 145, 58, 58)
+    # Without knowing the face, the outer box wins (a mouth inside a face is the usual case) ...
+    assert remove_nested([face, head]) == [head]
+    # ... but where the small box is the tracked face, the box around it is the false one.
+    assert remove_nested_around_known([face, head, mouth], [tracked]) == [face]
+    # A known face that holds a smaller box still drops it, and unknown boxes elsewhere stay.
+    elsewhere = (400, 100, 80, 80)
+    assert remove_nested_around_known([head, mouth, elsewhere], [head]) == [head, elsewhere]
+    assert remove_nested_around_known([face, head], []) == [head]

@@ -18,7 +18,7 @@ from runtime.faces import (
 # import cuts faces with them too); they are re-exported here for the rest of the edge.
 __all__ = [
     "Box", "box_area", "clip_box", "crop_rectangle", "expand_box", "greedy_matches", "intersection_over_union", "iou_matrix",
-    "offset_box", "remove_duplicates", "remove_nested", "scale_box", "square_box", "to_box",
+    "offset_box", "remove_duplicates", "remove_nested", "remove_nested_around_known", "scale_box", "square_box", "to_box",
 ]
 
 
@@ -82,6 +82,22 @@ def greedy_matches(scores: np.ndarray, threshold: float) -> list[tuple[int, int]
         used_columns.add(column)
         matches.append((row, column))
     return matches
+
+
+def remove_nested_around_known(boxes: Sequence[Box], known: Sequence[Box], containment_threshold: float = 0.6) -> list[Box]:
+    """``remove_nested``, except around faces already known (IoU >= 0.5 with a box of ``known``).
+
+    A box that is a known face is never dropped for lying inside a larger box, and a larger box
+    that holds a known face (not itself one) is dropped instead: at reduced resolution the cascade
+    sometimes fires on a whole head with its hair and neck around a small face, and keeping the
+    outer box then replaced the face with a box twice its size.
+    """
+    is_known = [any(intersection_over_union(box, face) >= 0.5 for face in known) for box in boxes]
+    known_boxes = remove_nested([box for box, flag in zip(boxes, is_known) if flag], containment_threshold)
+    others = [box for box, flag in zip(boxes, is_known) if not flag and not any(
+        box_area(box) > box_area(face) and intersection_area(face, box) >= containment_threshold * box_area(face)
+        for face in known_boxes)]
+    return remove_nested(known_boxes + others, containment_threshold)
 
 
 def remove_duplicates(boxes: Sequence[Box], overlap_threshold: float = 0.5) -> list[Box]:

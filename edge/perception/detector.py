@@ -43,6 +43,7 @@ from edge.perception.boxes import (
     offset_box,
     remove_duplicates,
     remove_nested,
+    remove_nested_around_known,
     scale_box,
     to_box,
 )
@@ -424,8 +425,10 @@ class FaceDetector:
         self.change.mark_searched(None)
         missed = [box for box in tracked_boxes if all(intersection_over_union(box, found) < 0.3 for found in whole)]
         around = self._around_tracked(gray, color, missed) if missed else []
-        boxes = remove_nested(whole + [box for box in around
-                                       if all(intersection_over_union(box, found) < 0.5 for found in whole)])
+        # Where a whole-frame box is a tracked face, a larger box around it is the cascade firing on the head.
+        boxes = remove_nested_around_known(whole + [box for box in around
+                                                    if all(intersection_over_union(box, found) < 0.5 for found in whole)],
+                                           list(tracked_boxes) + around)
         whole_set = set(whole)
         self.last_boxes_searched = [box in whole_set for box in boxes]
         return self._remember(gray, self._confirmed(gray, color, boxes, tracked_boxes))
@@ -444,7 +447,7 @@ class FaceDetector:
         """Local-search boxes, then region boxes that are not the same faces."""
         extra = [box for box in remove_nested(searched)
                  if all(intersection_over_union(box, other) < 0.5 for other in around)]
-        boxes = remove_nested(around + extra)
+        boxes = remove_nested_around_known(around + extra, around)
         extra_set = set(extra)
         self.last_boxes_searched = [box in extra_set for box in boxes]
         return boxes

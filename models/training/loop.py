@@ -89,6 +89,7 @@ def train(
     settings: TrainingSettings = TrainingSettings(),
     start_from: Path | None = None,
     progress: ProgressReporter | None = print_progress,
+    teacher: Path | None = None,
 ) -> TrainingRun:
     """Fine-tune a saved model, or train a new one, on ``data``.
 
@@ -101,6 +102,10 @@ def train(
             ``settings.from_scratch``; ignored (with a warning) if it is set.
         progress: Called with one human-readable line per epoch and, during
             long epochs, every ``settings.progress_interval_s``; ``None`` is silent.
+        teacher: A ``.keras`` file whose answers ``settings.distillation`` blends into the
+            targets instead of the starting model's (a from-scratch student needs one). Its
+            answer is the mean over the face and its mirror, so a face and its flipped copy
+            (an augmentation) get the same target.
 
     # Returns
         A ``TrainingRun``: the trained model (same layer layout as
@@ -113,7 +118,7 @@ def train(
     report = progress or (lambda line: None)
     keras.utils.set_random_seed(settings.seed)
     canonical = _initial_model(settings, start_from)
-    targets = _targets(data, settings, canonical)
+    targets = _targets(data, settings, canonical, _teacher_model(teacher))
     trainable = training_graph(canonical)
     if settings.freeze_batch_norm:
         # Keras 3: a non-trainable BatchNormalization runs in inference mode (the stored statistics).
@@ -130,7 +135,7 @@ def train(
     validation_sets = validation_inputs(data.validation)
     monitored = _monitored(validation_sets, settings)
     monitored_set = monitored if monitored is None or isinstance(monitored, str) else f"mean({', '.join(monitored)})"
-    report(_start_line(data, settings, start_from, monitored_set))
+    report(_start_line(data, settings, start_from, monitored_set, teacher))
     callbacks = _TrainingCallbacks.create(settings, len(data.y_train), validation_sets, monitored, started, report)
     # shuffle=False: the dataset shuffles itself (seeded); Keras cannot shuffle a tf.data pipeline.
     history = trainable.fit(dataset, epochs=settings.epochs, verbose=0, callbacks=callbacks.as_list(), shuffle=False)
@@ -176,23 +181,36 @@ def _one_hot_targets(settings: TrainingSettings) -> bool:
     return settings.label_smoothing > 0 or settings.mixup_alpha > 0 or settings.distillation > 0
 
 
-def _targets(data: TrainingData, settings: TrainingSettings, start: keras.Model) -> np.ndarray:
-    """Integer labels, or with ``distillation`` soft targets: the label blended with the starting model's answer.
+def _teacher_model(path: Path | None) -> keras.Model | None:
+    return None if path is None else keras.models.load_model(Path(path), compile=False)
 
-    The starting model's probabilities are recorded once, on the un-augmented faces, before any
-    training step (as Learning without Forgetting records the old network's responses).
+
+def _targets(data: TrainingData, settings: TrainingSettings, start: keras.Model, teacher: keras.Model | None = None) -> np.ndarray:
+    """Integer labels, or with ``distillation`` soft targets: the label blended with the teacher's answer.
+
+    The teacher is ``teacher`` if given, else the starting model (fine-tuning). Its probabilities
+    are recorded once, on the un-augmented faces, before any training step (as Learning without
+    Forgetting records the old network's responses).
     """
     if settings.distillation <= 0:
         return data.y_train
-    if settings.from_scratch:
-        logger.warning("distillation needs a starting model: ignored when training from scratch")
+    if settings.from_scratch and teacher is None:
+        logger.warning("distillation needs a teacher: ignored when training from scratch without one")
         return data.y_train
     mask = np.ones(len(data.y_train), bool) if data.distill is None else np.asarray(data.distill, bool)
     targets = np.eye(NUM_EMOTIONS, dtype=np.float32)[np.asarray(data.y_train, np.int64)]
     if mask.any():
-        teacher = start.predict(model_inputs(data.x_train[mask]), batch_size=256, verbose=0).astype(np.float32)
-        targets[mask] = (1.0 - settings.distillation) * targets[mask] + settings.distillation * teacher
+        faces = model_inputs(data.x_train[mask])
+        answers = start.predict(faces, batch_size=256, verbose=0) if teacher is None else _mirror_mean(teacher, faces)
+        targets[mask] = (1.0 - settings.distillation) * targets[mask] + settings.distillation * answers.astype(np.float32)
     return targets
+
+
+def _mirror_mean(model: keras.Model, faces: np.ndarray) -> np.ndarray:
+    """The model's probabilities averaged over each face and its mirror image."""
+    plain = model.predict(faces, batch_size=256, verbose=0)
+    mirrored = model.predict(faces[:, :, ::-1], batch_size=256, verbose=0)
+    return (plain + mirrored) / 2.0
 
 
 def _monitored(validation_sets: Mapping[str, LabelledFaces], settings: TrainingSettings) -> str | tuple[str, ...] | None:
@@ -317,9 +335,12 @@ def _resume_callbacks(directory: Path | None, early_stopping: _EarlyStoppingWith
 
 
 def _start_line(
-    data: TrainingData, settings: TrainingSettings, start_from: Path | None, monitored_set: str | None
+    data: TrainingData, settings: TrainingSettings, start_from: Path | None, monitored_set: str | None,
+    teacher: Path | None = None,
 ) -> str:
     origin = "from scratch" if settings.from_scratch else f"fine-tuning {start_from}"
+    if settings.distillation > 0:
+        origin += f", distilling {settings.distillation:g} from {teacher or start_from}"
     sets = ", ".join(f"{name} {len(labels)}" for name, (_, labels) in data.validation.items()) or "none"
     budget = f"{settings.time_budget_s:.0f} s" if settings.time_budget_s is not None else "none"
     return (
