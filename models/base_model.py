@@ -60,6 +60,7 @@ SPENT_FILE = "budget-spent.json"
 PROGRESS_LOG = "progress.log"
 SUMMARY_FILE = "summary.json"
 CANDIDATE_TFLITE = "candidate.tflite"
+LEARNING_CURVES_FILE = "learning-curves.png"
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,8 @@ def run_base_training(settings: Any, options: BaseRunOptions) -> dict[str, Any]:
     log(f"train-base: {parts.counts()}; selection from FER2013 Training only (seed {options.split_seed})")
     model, run_summary, history = trained_model(settings, options, parts, registry, current, log)
     summary = evaluate_candidate(model, options, parts, registry, current, log)
-    summary.update(training=run_summary, learning_curve=learning_curve(history), data_counts=parts.counts())
+    summary.update(training=run_summary, learning_curve=learning_curve(history), data_counts=parts.counts(),
+                   learning_curves_png=str(plot_run_curves(history, options.checkpoint_dir, settings.from_scratch)))
     decision = base_gate(Path(summary["candidate_tflite"]), registry, current, parts.gate, options.rule, summary,
                          options.max_parameters, options.max_ms_per_face)
     summary["gate"] = decision.to_json()
@@ -294,6 +296,14 @@ def _current_text(summary: dict[str, Any]) -> str:
     if current is None:
         return ""
     return f" (current {current['version']}: {current['top1']:.4f}, flip TTA {current['top1_flip_tta']:.4f})"
+
+
+def plot_run_curves(history: dict[str, list[float]], directory: Path, from_scratch: bool) -> Path:
+    """The run's loss and accuracy per epoch as a picture beside its summary (whatever the gate says)."""
+    from models.card import plot_learning_curves
+
+    title = "train-base " + ("from scratch" if from_scratch else "fine-tuning")
+    return plot_learning_curves(history, title, directory / LEARNING_CURVES_FILE)
 
 
 def learning_curve(history: dict[str, list[float]]) -> list[dict[str, float]]:

@@ -91,6 +91,7 @@ def test_tiny_fine_tuning_stops_on_its_target_reports_both_public_test_figures_a
     summary = run_train_base(capsys, *common, "--epochs", "3", "--warmup-epochs", "0", "--target-accuracy", "0.05")
     assert summary["training"]["stopped_reason"] == "target" and summary["training"]["epochs_run"] == 1
     assert len(summary["learning_curve"]) == 1 and "selection_accuracy" in summary["learning_curve"][0]
+    assert Path(summary["learning_curves_png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the curve, to look at
     test = summary["public_test"]
     assert test["faces"] == 100 and 0 <= test["top1"] <= 1 and 0 <= test["top1_flip_tta"] <= 1
     assert summary["current"]["version"] == "1.0.0" and "top1_flip_tta" in summary["current"]
