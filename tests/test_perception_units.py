@@ -186,7 +186,12 @@ def test_a_known_face_is_kept_and_the_head_box_around_it_dropped() -> None:
     assert remove_nested([face, head]) == [head]
     # ... but where the small box is the tracked face, the box around it is the false one.
     assert remove_nested_around_known([face, head, mouth], [tracked]) == [face]
-    # A known face that holds a smaller box still drops it, and unknown boxes elsewhere stay.
+    # A known face that holds a smaller unknown box still drops it, and unknown boxes elsewhere stay.
     elsewhere = (400, 100, 80, 80)
     assert remove_nested_around_known([head, mouth, elsewhere], [head]) == [head, elsewhere]
     assert remove_nested_around_known([face, head], []) == [head]
+    # Two known faces, one inside the other: the inner one is the face in front (the outer box drifted
+    # onto the head in front, or is a face behind it, mostly covered).
+    behind = (292, 120, 204, 204)
+    in_front = (380, 200, 110, 110)
+    assert remove_nested_around_known([(346, 111, 203, 203), in_front], [behind, in_front]) == [in_front]

@@ -93,11 +93,20 @@ def remove_nested_around_known(boxes: Sequence[Box], known: Sequence[Box], conta
     outer box then replaced the face with a box twice its size.
     """
     is_known = [any(intersection_over_union(box, face) >= 0.5 for face in known) for box in boxes]
-    known_boxes = remove_nested([box for box, flag in zip(boxes, is_known) if flag], containment_threshold)
+    known_boxes = _remove_holders([box for box, flag in zip(boxes, is_known) if flag], containment_threshold)
     others = [box for box, flag in zip(boxes, is_known) if not flag and not any(
         box_area(box) > box_area(face) and intersection_area(face, box) >= containment_threshold * box_area(face)
         for face in known_boxes)]
     return remove_nested(known_boxes + others, containment_threshold)
+
+
+def _remove_holders(boxes: Sequence[Box], containment_threshold: float) -> list[Box]:
+    """Drop a box that holds another (>= threshold of the other's area): of two known faces one inside the
+    other, the inner one is the face in front, and the outer one a face behind it (mostly covered) or
+    a box that drifted onto the head in front."""
+    return [box for box in boxes if not any(
+        box_area(box) > box_area(other) and intersection_area(other, box) >= containment_threshold * box_area(other)
+        for other in boxes)]
 
 
 def remove_duplicates(boxes: Sequence[Box], overlap_threshold: float = 0.5) -> list[Box]:

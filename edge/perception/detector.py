@@ -348,7 +348,7 @@ class FaceDetector:
             # Most of the picture changed (the camera moves): one whole-frame search, but not every frame.
             return self._whole_frame(gray, color, tracked_boxes)
         followed, to_search = self._follow(gray, tracked_boxes, busy)
-        found = remove_nested(followed + self._around_tracked(gray, color, to_search))
+        found = remove_nested_around_known(followed + self._around_tracked(gray, color, to_search), tracked_boxes)
         searched: list[Box] = []
         # While busy, what changed stays marked until the next whole-frame search.
         for region in [] if busy else self._changed_regions():
@@ -428,20 +428,28 @@ class FaceDetector:
         # Where a whole-frame box is a tracked face, a larger box around it is the cascade firing on the head.
         boxes = remove_nested_around_known(whole + [box for box in around
                                                     if all(intersection_over_union(box, found) < 0.5 for found in whole)],
-                                           list(tracked_boxes) + around)
+                                           tracked_boxes)
         whole_set = set(whole)
         self.last_boxes_searched = [box in whole_set for box in boxes]
         return self._remember(gray, self._confirmed(gray, color, boxes, tracked_boxes))
 
     def _around_tracked(self, gray: np.ndarray, color: np.ndarray | None, tracked_boxes: Sequence[Box]) -> list[Box]:
+        """The local search around each tracked face.
+
+        Where one tracked face's box holds another's, the inner one is kept: when a face is covered by
+        one passing in front, the lenient search around it fires on the head in front at the covered
+        face's size, and would otherwise swallow that face's own box.
+        """
         found: list[Box] = []
         for tracked in tracked_boxes:
             boxes = self.backend.around(gray, color, tracked)
             if boxes:
                 # Found again: its surroundings need no other search this frame.
                 self.change.mark_searched(expand_box(tracked, self.settings.roi_margin))
-            found.extend(boxes)
-        return remove_nested(remove_duplicates(found))
+            # The search looks for this face: of several boxes, the one most like it (a second box is the
+            # face again, shifted, or a neighbour that the region and whole-frame searches confirm first).
+            found.extend(sorted(boxes, key=lambda box: -intersection_over_union(box, tracked))[:1])
+        return remove_nested_around_known(remove_duplicates(found), tracked_boxes)
 
     def _merged(self, around: list[Box], searched: list[Box]) -> list[Box]:
         """Local-search boxes, then region boxes that are not the same faces."""
