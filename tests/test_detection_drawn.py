@@ -74,3 +74,14 @@ def test_haar_findable_recall_ignores_faces_the_exhaustive_search_missed() -> No
     assert judged_recall(summary) == pytest.approx(2 / 3) and "recall" in misses(summary, True)
     # Without the exhaustive side, the recall of every findable face is judged.
     assert judged_recall({"recall": 0.99}) == 0.99 and judged_recall({"recall": 0.99, "recall_haar_findable": math.nan}) == 0.99
+
+
+def test_faces_below_the_issue_range_are_listed_as_small_not_judged() -> None:
+    import numpy as np
+
+    from bench.facesets.synthetic import MIN_FACE_SIDE, truth_of
+
+    owner = np.zeros((360, 640), np.int16)
+    small = truth_of("a", (100, 100, MIN_FACE_SIDE - 1, MIN_FACE_SIDE - 1), True, owner, 0)
+    assert small is not None and not small.findable and small.reason == "small"
+    assert truth_of("b", (100, 100, MIN_FACE_SIDE, MIN_FACE_SIDE), True, owner, 0).findable

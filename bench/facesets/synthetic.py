@@ -9,8 +9,9 @@ the photo's verified box (``photos.json``) through the same scale and shift
 that made the pixels, so the truth is known by construction.
 
 A truth face is *findable* when a frontal face detector could see it: at
-least ``MIN_INSIDE`` of its box inside the frame and at most ``MAX_COVERED``
-of it hidden by what is drawn over it. The others are listed too (a detector
+least ``MIN_INSIDE`` of its box inside the frame, at most ``MAX_COVERED``
+of it hidden by what is drawn over it, and at least ``MIN_FACE_SIDE`` wide
+(the issue's range is 40-300 px; a zoomed-out group photo shows smaller faces too). The others are listed too (a detector
 finding them is neither right nor wrong).
 
     python -m bench.facesets.synthetic --out var/facesets [--plain]   # each clip as .mp4 + truth .json, to look at
@@ -36,6 +37,7 @@ from bench.facesets.photos import Photo, load_photos  # noqa: E402
 WIDTH, HEIGHT, FPS = 640, 360, 30
 MIN_INSIDE = 0.95  # fraction of a face box inside the frame for it to count as findable
 MAX_COVERED = 0.15  # fraction of a face box that may be hidden by sprites or bars
+MIN_FACE_SIDE = 40  # pixels: smaller faces are listed as "small", neither found nor missed
 SPRITE_CONTEXT = 1.1  # a pasted face brings this many face sides of its photo on every side (hair, neck)
 DEFAULT_SEED = 2026
 
@@ -111,7 +113,7 @@ class TruthFace:
     face_id: str
     box: tuple[int, int, int, int]
     findable: bool
-    reason: str = ""  # "partial", "covered", "turned" when not findable
+    reason: str = ""  # "partial", "covered", "turned", "small" when not findable
 
     def as_json(self) -> dict:
         entry = {"id": self.face_id, "box": list(self.box), "findable": self.findable}
@@ -266,6 +268,8 @@ def truth_of(face_id: str, box: tuple[float, float, float, float], frontal: bool
     rounded = tuple(int(round(value)) for value in box)
     if not frontal:
         return TruthFace(face_id, rounded, False, "turned")
+    if width < MIN_FACE_SIDE:
+        return TruthFace(face_id, rounded, False, "small")
     if inside < MIN_INSIDE:
         return TruthFace(face_id, rounded, False, "partial")
     if covered > MAX_COVERED:
