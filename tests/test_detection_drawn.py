@@ -14,19 +14,11 @@ import pytest
 from bench.bench_detection import haar_findable_truth, judged_recall, misses
 from bench.facesets.drawn import FACE_PHOTOS, SCENE_FRAMES, SPRITE_SIDE, STAGE_BACKGROUNDS, drawn_specs
 from bench.facesets.metrics import Truth, score_clip
-from bench.facesets.photos import MediaMissing, load_photos
 from bench.facesets.synthetic import WIDTH, build_clip
+from tests.test_detection_faceset import photos  # noqa: F401 (the fixture: ../shared/media's photos, or a skip)
 
 
-@pytest.fixture(scope="module")
-def photos():  # type: ignore[no-untyped-def]
-    try:
-        return load_photos()
-    except MediaMissing as error:
-        pytest.skip(str(error))
-
-
-def test_a_seed_fixes_the_drawn_clips_and_another_seed_draws_others(photos) -> None:  # type: ignore[no-untyped-def]
+def test_a_seed_fixes_the_drawn_clips_and_another_seed_draws_others(photos) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     first, again = drawn_specs(11, 5, photos), drawn_specs(11, 5, photos)
     assert first == again
     assert [spec.name for spec in first] == [f"drawn11_{index}" for index in range(5)]
@@ -36,7 +28,7 @@ def test_a_seed_fixes_the_drawn_clips_and_another_seed_draws_others(photos) -> N
     assert drawn_specs(11, 7, photos)[:5] == first
 
 
-def test_drawn_scenes_stay_within_their_ranges(photos) -> None:  # type: ignore[no-untyped-def]
+def test_drawn_scenes_stay_within_their_ranges(photos) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     scenes = [scene for spec in drawn_specs(3, 40, photos) for scene in spec.scenes]
     assert all(SCENE_FRAMES[0] <= scene.frames <= SCENE_FRAMES[1] for scene in scenes)
     assert {scene.photo for scene in scenes} <= set(FACE_PHOTOS) | set(STAGE_BACKGROUNDS)
@@ -52,7 +44,7 @@ def test_drawn_scenes_stay_within_their_ranges(photos) -> None:  # type: ignore[
     assert any(sprite.keys[0].x < 0 or sprite.keys[0].x > WIDTH for sprite in sprites)
 
 
-def test_a_drawn_clip_renders_with_truth_and_cuts(photos) -> None:  # type: ignore[no-untyped-def]
+def test_a_drawn_clip_renders_with_truth_and_cuts(photos) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     spec = next(spec for spec in drawn_specs(5, 20, photos) if len(spec.scenes) > 1)
     clip = build_clip(spec, 5, photos)
     assert len(clip.frames) == sum(scene.frames for scene in spec.scenes)

@@ -151,7 +151,7 @@ def _drawn_look(rng: np.random.Generator) -> Look:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.facesets.synthetic import build_clip, write_preview
+    from bench.facesets.synthetic import write_previews
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, required=True)
@@ -160,11 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plain", action="store_true", help="no truth boxes drawn on the frames")
     arguments = parser.parse_args(argv)
     photos = load_photos()
-    for spec in drawn_specs(arguments.seed, arguments.count, photos):
-        built = build_clip(spec, arguments.seed, photos)
-        write_preview(built, arguments.out, arguments.plain)
-        findable = sum(face.findable for faces in built.truth for face in faces)
-        print(f"{spec.name}: {len(built.frames)} frames, {findable} findable faces, cuts {built.cuts}; {spec.about}")
+    write_previews(drawn_specs(arguments.seed, arguments.count, photos), arguments.seed, photos, arguments.out, arguments.plain)
     return 0
 
 

@@ -438,12 +438,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plain", action="store_true", help="no truth boxes drawn on the frames")
     arguments = parser.parse_args(argv)
     photos = load_photos()
-    for name in arguments.clip or CLIPS:
-        built = build_clip(CLIPS[name], arguments.seed, photos)
-        write_preview(built, arguments.out, arguments.plain)
-        findable = sum(face.findable for faces in built.truth for face in faces)
-        print(f"{name}: {len(built.frames)} frames, {findable} findable faces, cuts {built.cuts}, {built.digest()[:16]}")
+    write_previews([CLIPS[name] for name in arguments.clip or CLIPS], arguments.seed, photos, arguments.out, arguments.plain)
     return 0
+
+
+def write_previews(specs: list[ClipSpec], seed: int, photos: dict[str, Photo], folder: Path, plain: bool) -> None:
+    """Render each clip, write its preview and truth, and print one line about it."""
+    for spec in specs:
+        built = build_clip(spec, seed, photos)
+        write_preview(built, folder, plain)
+        findable = sum(face.findable for faces in built.truth for face in faces)
+        print(f"{spec.name}: {len(built.frames)} frames, {findable} findable faces, cuts {built.cuts}, "
+              f"{built.digest()[:16]}; {spec.about}")
 
 
 if __name__ == "__main__":
