@@ -27,6 +27,14 @@ STOP_S = 60.0
 START_ORDER = ["broker", "ingest", "webui", "edge"]
 
 
+def terminal_signals() -> None:
+    """A terminal starts its foreground job with SIGINT at its default and unblocked. A child inherits an
+    ignored or blocked SIGINT from the test process, and bash cannot trap a signal ignored on entry: in two
+    full-suite runs of 2026-12-07 the script never saw the Ctrl-C (it passes alone; the cause is not known)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 def services_env(pki_dir: Path, tmp_path: Path) -> tuple[dict[str, str], str]:
     """Every service configured through its own EMQ_* variables, as in a container; returns (env, database URL)."""
     port = free_port()
@@ -71,7 +79,7 @@ def test_ctrl_c_stops_the_edge_first_and_the_broker_last(pki_dir, tmp_path):
     with output_path.open("wb") as output:
         # A session of its own, like a terminal's foreground job: SIGINT to its group is a Ctrl-C.
         script = subprocess.Popen(["bash", str(REPO_ROOT / "scripts/services.sh")], env=env, stdout=output,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+                                  stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=terminal_signals)
     read_output = lambda: output_path.read_text(errors="replace")  # noqa: E731
     try:
         store_path = Path(database.removeprefix("sqlite:///"))
