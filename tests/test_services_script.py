@@ -29,8 +29,9 @@ START_ORDER = ["broker", "ingest", "webui", "edge"]
 
 def terminal_signals() -> None:
     """A terminal starts its foreground job with SIGINT at its default and unblocked. A child inherits an
-    ignored or blocked SIGINT from the test process, and bash cannot trap a signal ignored on entry: in two
-    full-suite runs of 2026-12-07 the script never saw the Ctrl-C (it passes alone; the cause is not known)."""
+    ignored SIGINT from the test process, and bash cannot trap a signal ignored on entry. pytest gets an
+    ignored SIGINT when the suite runs as a background job of a shell without job control (`… &`):
+    such runs never delivered the Ctrl-C to the script."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
 
