@@ -227,7 +227,8 @@ def trained_model(settings: Any, options: BaseRunOptions, parts: Fer2013Parts, r
     if start_from is not None:
         _log_starting_point(start_from, parts, log)
     data = TrainingData(parts.train[0], parts.train[1], validation={SELECTION_SET: parts.selection})
-    run = train(data, settings, start_from=start_from, progress=log, teacher=teacher_path(options.teacher, settings, registry, current))
+    teacher = teacher_path(options.teacher, settings, registry, current)  # checked before anything is trained
+    run = train(data, settings, start_from=start_from, progress=log, teacher=teacher)
     summary = run.summary()
     summary["seconds_all_attempts"] = round(log.spent_seconds(), 1)
     run.model.save(saved)

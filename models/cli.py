@@ -107,7 +107,8 @@ def _add_train_base(commands: argparse._SubParsersAction, common: argparse.Argum
     add("--random-erasing", type=float, default=0.25, help="probability of one grey rectangle per face")
     add("--no-augment", action="store_true", help="no flip/rotate/shift/zoom warps")
     add("--distillation", type=float, default=0.0,
-        help="targets (1 - d) * label + d * the teacher's answer (mean over the face and its mirror)")
+        help="targets (1 - d) * label + d * the teacher's answer (a --teacher answers with the mean over the face "
+        "and its mirror; without one, fine-tuning distils from the starting model's plain answer)")
     add("--teacher", default=None, help="a .keras file, or 'current' (the current default): the teacher for --distillation "
         "(default: the model being fine-tuned; required with --from-scratch)")
     add("--patience", type=int, default=6, help="epochs without a lower selection loss before stopping")

@@ -87,26 +87,22 @@ def greedy_matches(scores: np.ndarray, threshold: float) -> list[tuple[int, int]
 def remove_nested_around_known(boxes: Sequence[Box], known: Sequence[Box], containment_threshold: float = 0.6) -> list[Box]:
     """``remove_nested``, except around faces already known (IoU >= 0.5 with a box of ``known``).
 
-    A box that is a known face is never dropped for lying inside a larger box, and a larger box
-    that holds a known face (not itself one) is dropped instead: at reduced resolution the cascade
-    sometimes fires on a whole head with its hair and neck around a small face, and keeping the
-    outer box then replaced the face with a box twice its size.
+    A box that is a known face is never dropped for lying inside a larger unknown box; the larger box
+    is dropped instead: at reduced resolution the cascade sometimes fires on a whole head with its hair
+    and neck around a small face, and keeping the outer box replaced the face with a box twice its size.
+    Of two known faces one inside the other, the inner one is kept: it is the face in front, and the
+    outer one a face behind it (mostly covered) or a box that drifted onto the head in front.
     """
     is_known = [any(intersection_over_union(box, face) >= 0.5 for face in known) for box in boxes]
-    known_boxes = _remove_holders([box for box, flag in zip(boxes, is_known) if flag], containment_threshold)
-    others = [box for box, flag in zip(boxes, is_known) if not flag and not any(
-        box_area(box) > box_area(face) and intersection_area(face, box) >= containment_threshold * box_area(face)
-        for face in known_boxes)]
-    return remove_nested(known_boxes + others, containment_threshold)
+    faces = [box for box, flag in zip(boxes, is_known) if flag]
+    kept = [box for box in boxes if not any(_holds(box, face, containment_threshold) for face in faces)]
+    return remove_nested(kept, containment_threshold)
 
 
-def _remove_holders(boxes: Sequence[Box], containment_threshold: float) -> list[Box]:
-    """Drop a box that holds another (>= threshold of the other's area): of two known faces one inside the
-    other, the inner one is the face in front, and the outer one a face behind it (mostly covered) or
-    a box that drifted onto the head in front."""
-    return [box for box in boxes if not any(
-        box_area(box) > box_area(other) and intersection_area(other, box) >= containment_threshold * box_area(other)
-        for other in boxes)]
+def _holds(outer: Box, inner: Box, containment_threshold: float) -> bool:
+    """``outer`` is larger and holds at least ``containment_threshold`` of ``inner``'s area."""
+    area = box_area(inner)
+    return box_area(outer) > area and intersection_area(inner, outer) >= containment_threshold * area
 
 
 def remove_duplicates(boxes: Sequence[Box], overlap_threshold: float = 0.5) -> list[Box]:
